@@ -1,0 +1,108 @@
+"""PyTorch AOTInductor backend: torch.export + aoti_compile_and_package, on CPU or GPU."""
+
+from __future__ import annotations
+
+import difflib
+import platform
+import shutil
+import subprocess
+from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from ..engine import Engine
+from ..errors import BackendUnavailable, BuildFailed, SpecError
+from ..gpu import Host
+from ..proc import run_worker
+from ..spec import GPU_ARCH_RE, ModelSpec
+from .base import Backend, Job
+
+# The envelope the exported graph is specialized for (dynamic batch and sequence dims).
+BUILD_DEFAULTS: dict[str, int] = {"max_batch_size": 8, "max_input_len": 256, "max_seq_len": 512}
+PACKAGE = "model.pt2"
+
+
+@lru_cache(maxsize=1)
+def _compiler() -> str | None:
+    """First line of `c++ --version`: AOTInductor compiles C++ with it, so it shapes the artifact."""
+    cxx = shutil.which("c++") or shutil.which("g++")
+    if cxx is None:
+        return None
+    try:
+        return subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout.splitlines()[0]
+    except (OSError, subprocess.TimeoutExpired, IndexError):
+        return None
+
+
+class AotiBackend(Backend):
+    name = "aoti"
+
+    def resolve_build(self, build: dict[str, Any]) -> dict[str, Any]:
+        for k, v in build.items():
+            if k not in BUILD_DEFAULTS:
+                close = difflib.get_close_matches(k, list(BUILD_DEFAULTS), n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"aoti takes {', '.join(BUILD_DEFAULTS)}"
+                raise SpecError(f"unknown aoti build option; {hint}", field=k)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise SpecError(f"must be an integer >= 1; got {v!r}", field=k)
+        out = {**BUILD_DEFAULTS, **build}
+        if out["max_input_len"] > out["max_seq_len"]:
+            raise SpecError(f"max_input_len {out['max_input_len']} exceeds max_seq_len {out['max_seq_len']}",
+                            field="max_input_len")
+        return out
+
+    def check_model(self, model: ModelSpec) -> None:
+        if model.parallel != ((1, 1),):
+            raise SpecError("aoti builds single-device engines only: use parallel: [{tp: 1, pp: 1}]",
+                            field="parallel")
+        if model.quantization:
+            raise SpecError("aoti does not quantize; remove `quantization:` or use backend: trtllm",
+                            field="quantization")
+
+    def expand_arch(self, arch: str, host: Host) -> str:
+        return host.cpu_isa if arch == "cpu" else arch
+
+    def toolchain(self) -> dict[str, str | None]:
+        try:
+            torch = version("torch")
+        except PackageNotFoundError:
+            raise BackendUnavailable("torch is not installed here (pip install torch==2.13.0 for CPU)") from None
+        try:
+            transformers: str | None = version("transformers")
+        except PackageNotFoundError:
+            transformers = None
+        return {"torch": torch, "transformers": transformers, "python": platform.python_version(),
+                "compiler": _compiler()}
+
+    def blocked_reason(self, engine: Engine, host: Host) -> str | None:
+        if GPU_ARCH_RE.match(engine.arch):
+            return super().blocked_reason(engine, host)
+        return None if engine.arch == host.cpu_isa else f"needs an {engine.arch} host"
+
+    def _request(self, job: Job, op: str) -> dict[str, Any]:
+        e = job.engine
+        return {"op": op, "checkpoint": str(job.checkpoint), "package": str(job.out_dir / PACKAGE),
+                "dtype": e.model.dtype, "device": "cuda" if GPU_ARCH_RE.match(e.arch) else "cpu",
+                "cache_dir": str(job.work_dir / "inductor-cache"), **e.model.build_options}
+
+    def build(self, job: Job) -> None:
+        e = job.engine
+        if GPU_ARCH_RE.match(e.arch) and not job.gpus:
+            raise BuildFailed(f"build:{e.id} needs an {e.arch} GPU; none was given")
+        run_worker("buildlib.backends.aoti_worker", self._request(job, "compile"), job.log, f"build:{e.id}",
+                   env=job.visible_env(), cwd=job.work_dir)
+
+    def check_complete(self, engine: Engine, out_dir: Path) -> list[str]:
+        return [] if (out_dir / PACKAGE).is_file() else [PACKAGE]
+
+    def validate(self, job: Job) -> dict[str, Any]:
+        e = job.engine
+        result = run_worker("buildlib.backends.aoti_worker", self._request(job, "validate"), job.log,
+                            f"validate:{e.id}", env=job.visible_env(), cwd=job.work_dir)
+        if not result.get("ok"):
+            raise BuildFailed(f"validate:{e.id}: compiled engine disagrees with eager PyTorch: "
+                              f"max_rel_err={result.get('max_rel_err')} (tolerance {result.get('tolerance')}); "
+                              f"log: {job.log}")
+        return result
+

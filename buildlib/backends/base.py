@@ -1,0 +1,94 @@
+"""The backend seam: what a backend (trtllm, aoti) must provide to be planned, built and validated."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..engine import Engine
+from ..gpu import Gpu, Host
+from ..spec import GPU_ARCH_RE, ModelSpec
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything one step needs; built by buildlib.steps, handed to a backend."""
+
+    engine: Engine
+    checkpoint: Path  # the Hugging Face checkpoint dir
+    converted: Path | None  # the backend's intermediate checkpoint, if it has a convert stage
+    out_dir: Path  # where to write (a temp dir, published atomically by the caller)
+    gpus: tuple[Gpu, ...]
+    log: Path
+    work_dir: Path
+
+    def visible_env(self) -> dict[str, str]:
+        """CUDA_VISIBLE_DEVICES for the GPUs this step was given (and only those)."""
+        return {"CUDA_VISIBLE_DEVICES": ",".join(str(g.index) for g in self.gpus)}
+
+
+class Backend(ABC):
+    """One small protocol per seam: a backend is a class, not an if-chain.
+
+    Everything here that feeds the engine key (resolve_build, convert_fields, toolchain) must be
+    cheap and must not import the heavy toolchain: the planner calls it for every engine on
+    every run, on CPU-only CI runners too. The heavy work (convert/build/validate) runs in
+    subprocesses.
+    """
+
+    name: ClassVar[str]
+    has_convert: ClassVar[bool] = False
+
+    @abstractmethod
+    def resolve_build(self, build: dict[str, Any]) -> dict[str, Any]:
+        """Validate models.yaml `build:` and fill every default; raise SpecError(field=option)."""
+
+    def check_model(self, model: ModelSpec) -> None:
+        """Reject models this backend cannot build (SpecError with field set)."""
+
+    def expand_arch(self, arch: str, host: Host) -> str:
+        """A models.yaml arch -> the concrete arch an engine is built for."""
+        return arch
+
+    @abstractmethod
+    def toolchain(self) -> dict[str, str | None]:
+        """Versions that shape the artifact; raise BackendUnavailable when it cannot build here."""
+
+    def convert_fields(self, engine: Engine) -> dict[str, Any]:
+        """Conversion options that go into the key (dtype, quantization, tp, pp, model class)."""
+        m = engine.model
+        return {"dtype": m.dtype, "quantization": m.quant, "tp": engine.tp, "pp": engine.pp,
+                "model_class": m.model_class}
+
+    def blocked_reason(self, engine: Engine, host: Host) -> str | None:
+        """Why this host cannot build the engine (`needs an sm80 host`), or None if it can."""
+        if GPU_ARCH_RE.match(engine.arch) and not host.gpus_of(engine.arch, engine.model.gpu_name):
+            gpu = f" with a {engine.model.gpu_name}" if engine.model.gpu_name else ""
+            return f"needs an {engine.arch} host{gpu}"
+        return None
+
+    def gpus_needed(self, engine: Engine) -> int:
+        """GPUs one build of this engine wants at once (the scheduler may give fewer)."""
+        return 1 if GPU_ARCH_RE.match(engine.arch) else 0
+
+    def convert_gpus(self, engine: Engine) -> int:
+        """GPUs the convert step needs (e.g. 1 for quantization that calibrates)."""
+        return 0
+
+    def convert(self, job: Job) -> None:
+        """Write the intermediate checkpoint into job.out_dir."""
+        raise NotImplementedError(f"{self.name} has no convert stage")
+
+    @abstractmethod
+    def build(self, job: Job) -> None:
+        """Write the engine files into job.out_dir; raise BuildFailed on failure."""
+
+    @abstractmethod
+    def check_complete(self, engine: Engine, out_dir: Path) -> list[str]:
+        """Files the engine must have but lacks (an engine is complete only when all exist)."""
+
+    @abstractmethod
+    def validate(self, job: Job) -> dict[str, Any]:
+        """Load the engine in job.out_dir and run it; return details, raise BuildFailed if wrong."""

@@ -1,0 +1,37 @@
+"""One engine to build: a model at an arch and a tp/pp config, and where its files live."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .spec import ModelSpec, Project
+
+
+@dataclass(frozen=True)
+class Engine:
+    """`<model>/<arch>/tp<N>-pp<M>`; arch is concrete (a `cpu` entry is expanded to the host ISA)."""
+
+    model: ModelSpec
+    arch: str
+    tp: int
+    pp: int
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.pp
+
+    @property
+    def parallel(self) -> str:
+        return f"tp{self.tp}-pp{self.pp}"
+
+    @property
+    def id(self) -> str:
+        return f"{self.model.name}/{self.arch}/{self.parallel}"
+
+    @property
+    def convert_id(self) -> str:
+        return f"{self.model.name}/{self.parallel}"
+
+    def dir(self, project: Project) -> Path:
+        return project.engines_dir / self.model.name / self.arch / self.parallel

@@ -1,0 +1,96 @@
+"""Content digests: xxh3-128 of files (parallel, streamed) and Merkle digests of directories."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import xxhash
+
+from .key import canonical_json
+from .statcache import StatCache
+
+BUF_SIZE = 8 << 20  # 8 MiB reads: large enough to run at disk speed, small enough to bound memory.
+
+
+def hash_file(path: Path | str, buf_size: int = BUF_SIZE) -> str:
+    """xxh3-128 of one file, read in fixed-size chunks into one reused buffer (memory is O(buf_size)).
+
+    xxhash releases the GIL while hashing a large buffer, and file reads release it too,
+    so several threads hash several files at close to the disk's rate.
+    """
+    h = xxhash.xxh3_128()
+    buf = bytearray(buf_size)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def _workers(n_files: int) -> int:
+    return max(1, min(n_files, (os.cpu_count() or 1) * 2, 16))
+
+
+def digest_files(paths: Iterable[Path], cache: StatCache | None = None) -> dict[Path, tuple[int, str]]:
+    """(size, digest) for each path; unchanged files cost one stat, the rest are hashed in parallel."""
+    out: dict[Path, tuple[int, str]] = {}
+    todo: list[tuple[Path, os.stat_result]] = []
+    for p in paths:
+        st = os.stat(p)
+        hit = cache.lookup(p, st) if cache else None
+        if hit is not None:
+            out[p] = (st.st_size, hit)
+        else:
+            todo.append((p, st))
+    if todo:
+        # Largest first so one big shard does not start last and stretch the wall time.
+        todo.sort(key=lambda t: -t[1].st_size)
+        with ThreadPoolExecutor(_workers(len(todo))) as pool:
+            digests = list(pool.map(lambda t: hash_file(t[0]), todo))
+        fresh = []
+        for (p, st), d in zip(todo, digests):
+            out[p] = (st.st_size, d)
+            if _same_file(st, os.stat(p)):  # not rewritten while we read it: safe to remember
+                fresh.append((p, st, d))
+        if cache:
+            cache.store_many(fresh)
+    return out
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (
+        b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns, b.st_ctime_ns)
+
+
+def list_files(root: Path) -> list[Path]:
+    """Every regular file under root (following symlinks, as in Hugging Face cache snapshots),
+    skipping dot-entries such as .git/ or .cache/ that do not shape a model."""
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files.extend(Path(dirpath, f) for f in sorted(filenames) if not f.startswith("."))
+    return files
+
+
+@dataclass(frozen=True)
+class TreeDigest:
+    """A directory's Merkle digest plus the per-file entries it was computed from."""
+
+    digest: str
+    files: dict[str, tuple[int, str]]  # relpath -> (size, xxh3-128)
+
+
+def merkle(files: dict[str, tuple[int, str]]) -> str:
+    return xxhash.xxh3_128_hexdigest(canonical_json(sorted([r, s, d] for r, (s, d) in files.items())).encode())
+
+
+def tree_digest(root: Path, cache: StatCache | None = None) -> TreeDigest:
+    """Merkle digest over (sorted relpath, size, xxh3 of each file) of a checkpoint dir."""
+    paths = list_files(root)
+    got = digest_files(paths, cache)
+    files = {p.relative_to(root).as_posix(): got[p] for p in paths}
+    return TreeDigest(merkle(files), files)

@@ -1,0 +1,98 @@
+"""manifest.json: the key, every field behind it, and each output's digest; written last."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .hashing import digest_files, list_files
+from .statcache import StatCache
+
+MANIFEST = "manifest.json"
+SCHEMA = 1
+# Files in an engine dir that are records about the build, not outputs of it.
+NOT_OUTPUTS = frozenset({MANIFEST, "build.log", "validation.json", "validate.log"})
+
+
+@dataclass
+class Manifest:
+    key: str
+    fields: dict[str, Any]
+    outputs: dict[str, list] = field(default_factory=dict)  # relpath -> [size, xxh3-128]
+    checkpoint_files: dict[str, list] = field(default_factory=dict)  # relpath -> [size, xxh3-128]
+    name: str = ""
+    built: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "name": self.name, "key": self.key, "fields": self.fields,
+                "checkpoint_files": self.checkpoint_files, "outputs": self.outputs, "built": self.built}
+
+
+def read_manifest(engine_dir: Path) -> Manifest | None:
+    """The manifest of an engine dir, or None if absent or unreadable (then it is not fresh)."""
+    try:
+        data = json.loads((engine_dir / MANIFEST).read_text())
+        if data.get("schema") != SCHEMA:
+            return None
+        return Manifest(key=data["key"], fields=data["fields"], outputs=data["outputs"],
+                        checkpoint_files=data.get("checkpoint_files", {}), name=data.get("name", ""),
+                        built=data.get("built", {}))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def output_files(out_dir: Path) -> list[Path]:
+    return [p for p in list_files(out_dir) if p.relative_to(out_dir).as_posix() not in NOT_OUTPUTS]
+
+
+def record_outputs(out_dir: Path, cache: StatCache | None) -> dict[str, list]:
+    got = digest_files(output_files(out_dir), cache)
+    return {p.relative_to(out_dir).as_posix(): [size, d] for p, (size, d) in sorted(got.items())}
+
+
+def check_outputs(engine_dir: Path, m: Manifest, cache: StatCache | None) -> list[str]:
+    """Reasons the recorded outputs no longer match (missing, resized, altered); [] when intact.
+
+    Unchanged outputs cost one stat each through the stat cache; only an output whose stat
+    changed is re-read.
+    """
+    reasons: list[str] = []
+    present: list[Path] = []
+    for rel, (size, _) in m.outputs.items():
+        p = engine_dir / rel
+        try:
+            st = os.stat(p)
+        except OSError:
+            reasons.append(f"output {rel} missing")
+            continue
+        if st.st_size != size:
+            reasons.append(f"output {rel} altered (size {size} -> {st.st_size})")
+        else:
+            present.append(p)
+    for p, (_, d) in digest_files(present, cache).items():
+        rel = p.relative_to(engine_dir).as_posix()
+        if d != m.outputs[rel][1]:
+            reasons.append(f"output {rel} altered")
+    return reasons
+
+
+def write_json_durably(path: Path, data: dict[str, Any]) -> None:
+    """Write, fsync, then rename over `path`, so a reader sees the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_manifest(out_dir: Path, m: Manifest) -> None:
+    m.built.setdefault("at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    m.built.setdefault("host", socket.gethostname())
+    write_json_durably(out_dir / MANIFEST, m.to_json())

@@ -1,0 +1,171 @@
+"""The plan: for each engine, its key and whether it is fresh, stale, missing or blocked, and why."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import RECIPE_VERSION
+from .backends import get_backend
+from .backends.base import Backend
+from .engine import Engine
+from .errors import BackendUnavailable
+from .gpu import Host, detect_host
+from .hashing import TreeDigest, tree_digest
+from .key import diff_fields, key_of
+from .manifest import Manifest, check_outputs, read_manifest
+from .spec import GeneratedCheckpoint, ModelSpec, Spec
+from .statcache import StatCache
+
+FRESH, STALE, MISSING, BLOCKED = "fresh", "stale", "missing", "blocked"
+
+
+@dataclass
+class EngineState:
+    engine: Engine
+    state: str
+    reasons: list[str] = field(default_factory=list)
+    key: str | None = None
+    fields: dict[str, Any] | None = None
+    blocked: str | None = None  # why this host cannot build it, even if it is stale
+
+
+def generated_dir(spec: Spec, ckpt: GeneratedCheckpoint) -> Path:
+    from .tinyllama import GENERATOR_VERSION
+
+    tag = key_of({"generator": ckpt.generator, "version": GENERATOR_VERSION, "params": ckpt.kwargs})[:16]
+    return spec.project.work_dir / "generated" / f"{ckpt.generator}-{tag}"
+
+
+def checkpoint_dir(spec: Spec, model: ModelSpec) -> Path:
+    c = model.checkpoint
+    return generated_dir(spec, c) if isinstance(c, GeneratedCheckpoint) else c
+
+
+def checkpoint_reasons(old: dict[str, list], new: dict[str, tuple[int, str]]) -> list[str]:
+    """`checkpoint model-00002-of-00004.safetensors changed`, `... added`, `... removed`."""
+    reasons = []
+    for rel in sorted(old.keys() | new.keys()):
+        if rel not in new:
+            reasons.append(f"checkpoint {rel} removed")
+        elif rel not in old:
+            reasons.append(f"checkpoint {rel} added")
+        elif list(old[rel]) != list(new[rel]):
+            reasons.append(f"checkpoint {rel} changed")
+    return reasons
+
+
+class Planner:
+    """Computes keys and states. Memoizes per process: one checkpoint digest per model and one
+    toolchain probe per backend, so N engines cost N manifest reads plus stats, not N hashes."""
+
+    def __init__(self, spec: Spec, host: Host | None = None):
+        self.spec = spec
+        self.host = host if host is not None else detect_host()
+        self.cache = StatCache(spec.project.work_dir / "statcache.sqlite")
+        self._digests: dict[Path, TreeDigest] = {}
+        self._toolchains: dict[str, dict[str, str | None] | BackendUnavailable] = {}
+
+    # -- inputs -------------------------------------------------------------------------------
+    def engines(self) -> list[Engine]:
+        out = []
+        for m in self.spec.models:
+            backend = get_backend(m.backend)
+            archs = dict.fromkeys(backend.expand_arch(a, self.host) for a in m.archs)
+            out.extend(Engine(m, a, tp, pp) for a in archs for tp, pp in m.parallel)
+        return out
+
+    def checkpoint(self, model: ModelSpec) -> TreeDigest | None:
+        """The checkpoint's Merkle digest, or None while a generated checkpoint does not exist yet."""
+        d = checkpoint_dir(self.spec, model)
+        if d not in self._digests:
+            if not d.is_dir():
+                return None
+            self._digests[d] = tree_digest(d, self.cache)
+        return self._digests[d]
+
+    def forget_checkpoint(self, model: ModelSpec) -> None:
+        self._digests.pop(checkpoint_dir(self.spec, model), None)
+
+    def toolchain(self, backend: Backend) -> dict[str, str | None]:
+        if backend.name not in self._toolchains:
+            try:
+                self._toolchains[backend.name] = backend.toolchain()
+            except BackendUnavailable as e:
+                self._toolchains[backend.name] = e
+        got = self._toolchains[backend.name]
+        if isinstance(got, BackendUnavailable):
+            raise got
+        return got
+
+    # -- keys ---------------------------------------------------------------------------------
+    def convert_fields(self, engine: Engine) -> dict[str, Any] | None:
+        backend = get_backend(engine.model.backend)
+        ckpt = self.checkpoint(engine.model)
+        if ckpt is None:
+            return None
+        return {"backend": backend.name, "checkpoint": ckpt.digest, "convert": backend.convert_fields(engine),
+                "toolchain": self.toolchain(backend), "recipe": RECIPE_VERSION}
+
+    def engine_fields(self, engine: Engine) -> dict[str, Any] | None:
+        base = self.convert_fields(engine)
+        if base is None:
+            return None
+        return {**base, "build": engine.model.build_options,
+                "target": {"arch": engine.arch, "gpu": engine.model.gpu_name}}
+
+    def converted_dir(self, engine: Engine) -> Path | None:
+        fields = self.convert_fields(engine)
+        return self.spec.project.work_dir / "checkpoints" / key_of(fields) if fields else None
+
+    # -- states -------------------------------------------------------------------------------
+    def state(self, engine: Engine) -> EngineState:
+        """fresh: the engine dir's manifest has the computed key and intact outputs.
+        missing/stale: not built, or built from other inputs (reasons per field).
+        blocked: would need building, but this host cannot (wrong arch, no toolchain)."""
+        backend = get_backend(engine.model.backend)
+        blocked = backend.blocked_reason(engine, self.host)
+        try:
+            fields = self.engine_fields(engine)
+        except BackendUnavailable as e:
+            return EngineState(engine, BLOCKED, [e.message], blocked=e.message)
+        edir = engine.dir(self.spec.project)
+        if fields is None:
+            return EngineState(engine, BLOCKED if blocked else MISSING,
+                               ["checkpoint not generated yet"], blocked=blocked)
+        key = key_of(fields)
+        m = read_manifest(edir)
+        if m is None:
+            state, reasons = MISSING, [f"target {engine.arch} not built yet"]
+        else:
+            reasons = self.reasons(m, key, fields, engine)
+            if not reasons:
+                reasons = check_outputs(edir, m, self.cache)
+            state = STALE if reasons else FRESH
+        if state != FRESH and blocked:
+            return EngineState(engine, BLOCKED, [blocked, *reasons], key, fields, blocked)
+        return EngineState(engine, state, reasons, key, fields, blocked)
+
+    def reasons(self, m: Manifest, key: str, fields: dict[str, Any], engine: Engine) -> list[str]:
+        if m.key == key:
+            return []
+        reasons: list[str] = []
+        ckpt = self.checkpoint(engine.model)
+        if ckpt is not None and m.fields.get("checkpoint") != ckpt.digest:
+            reasons = checkpoint_reasons(m.checkpoint_files, ckpt.files) or ["checkpoint changed"]
+        return reasons + diff_fields(m.fields, fields, skip=("checkpoint",)) or ["key changed"]
+
+    def plan(self) -> list[EngineState]:
+        return [self.state(e) for e in self.engines()]
+
+
+def state_json(s: EngineState) -> dict[str, Any]:
+    return {"engine": s.engine.id, "model": s.engine.model.name, "arch": s.engine.arch,
+            "tp": s.engine.tp, "pp": s.engine.pp, "backend": s.engine.model.backend,
+            "state": s.state, "reasons": s.reasons, "key": s.key}
+
+
+def dumps_plan(states: list[EngineState]) -> str:
+    return json.dumps([state_json(s) for s in states], indent=1)

@@ -1,0 +1,76 @@
+"""Atomic publication of a built directory, and the per-engine lock that serializes builders."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file and directory under root, so a rename after it publishes durable bytes."""
+    for dirpath, _, filenames in os.walk(root):
+        for f in filenames:
+            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
+def temp_dir_for(dest: Path) -> Path:
+    """A fresh temp dir beside dest (same filesystem, so the final rename is atomic)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    return tmp
+
+
+def clean_leftovers(dest: Path) -> None:
+    """Remove temp/old dirs that a killed build left beside dest (call with the lock held)."""
+    if dest.parent.is_dir():
+        for p in dest.parent.glob(f".{dest.name}.tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
+        for p in dest.parent.glob(f".{dest.name}.old-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def publish(tmp: Path, dest: Path) -> None:
+    """Replace dest by tmp. A crash at any instant leaves the old dir, or none, or the new one:
+    the manifest inside tmp was written last, so a half-built dir is never published."""
+    fsync_tree(tmp)
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:12]}"
+        os.rename(dest, old)
+    os.rename(tmp, dest)
+    fsync_dir(dest.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def locked(dest: Path) -> Iterator[None]:
+    """An exclusive OS lock per output dir (`.<name>.lock` beside it), held across processes and
+    hosts sharing a POSIX filesystem, so two concurrent runs never build one engine twice.
+    The OS releases it if the holder dies."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.parent / f".{dest.name}.lock", "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -1,0 +1,364 @@
+"""models.yaml: parse, validate (file:line:field errors) and expand into model specs."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import yaml
+
+from .errors import SpecError, Where
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
+
+try:  # libyaml is ~5x faster on large fleets; fall back to the pure-Python loader.
+    _Loader: type = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover - depends on how PyYAML was built
+    _Loader = yaml.SafeLoader
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+GPU_ARCH_RE = re.compile(r"^sm\d{2,3}[a-z]?$")
+CPU_ARCH_RE = re.compile(r"^(cpu|(x86_64|aarch64|ppc64le|s390x)(-[a-z0-9]+)?)$")
+GROUP_NAMES = frozenset({"engines", "convert", "build", "validate", "checkpoint", "default"})
+DTYPES = ("float16", "bfloat16", "float32")
+# models.yaml spelling -> TensorRT-LLM QuantAlgo member names.
+QUANT_ALGOS = {
+    "fp8": "FP8",
+    "int8_sq": "W8A8_SQ_PER_CHANNEL",
+    "int4_awq": "W4A16_AWQ",
+    "w4a8_awq": "W4A8_AWQ",
+    "nvfp4": "NVFP4",
+    "int8_wo": "W8A16",
+    "int4_wo": "W4A16",
+}
+KV_CACHE_QUANT = {"fp8": "FP8", "int8": "INT8"}
+GENERATORS = {"tinyllama": ("seed", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                            "num_key_value_heads", "intermediate_size", "vocab_size",
+                            "max_position_embeddings", "dtype")}
+
+TOP_KEYS = {"defaults", "models", "engines_dir", "work_dir", "store"}
+MODEL_KEYS = {"backend", "dtype", "quantization", "archs", "parallel", "build", "gpu_name",
+              "max_workers", "validate", "model_class"}
+NAMED_KEYS = {"name", "checkpoint"}
+
+
+@dataclass(frozen=True)
+class GeneratedCheckpoint:
+    """A checkpoint produced by a doit task from a seed, e.g. the embedded tiny Llama."""
+
+    generator: str
+    params: tuple[tuple[str, Any], ...]
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.params)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One `models:` entry with defaults applied. Picklable: it travels to doit workers and Ray."""
+
+    name: str
+    checkpoint: Path | GeneratedCheckpoint
+    backend: str
+    dtype: str
+    quantization: tuple[tuple[str, str | None], ...] | None
+    archs: tuple[str, ...]
+    parallel: tuple[tuple[int, int], ...]
+    build: tuple[tuple[str, Any], ...]  # resolved by the backend, sorted
+    gpu_name: str | None
+    max_workers: int | None
+    validate: bool
+    model_class: str | None
+    line: int | None = None
+
+    @property
+    def build_options(self) -> dict[str, Any]:
+        return dict(self.build)
+
+    @property
+    def quant(self) -> dict[str, str | None] | None:
+        return dict(self.quantization) if self.quantization else None
+
+
+@dataclass(frozen=True)
+class Project:
+    """Where things live: models.yaml, engines/, the work dir (.buildlib/), the optional store."""
+
+    models_path: Path
+    engines_dir: Path
+    work_dir: Path
+    store: str | None = None
+
+    @property
+    def root(self) -> Path:
+        return self.models_path.parent
+
+
+@dataclass(frozen=True)
+class Spec:
+    project: Project
+    models: tuple[ModelSpec, ...] = field(default_factory=tuple)
+
+    def model(self, name: str) -> ModelSpec:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+
+class _Doc:
+    """A YAML document as plain values plus the line of every node, keyed by field path."""
+
+    def __init__(self, path: Path, text: str):
+        self.path = path
+        self.lines: dict[tuple, int] = {}
+        try:
+            node = yaml.compose(text, Loader=_Loader)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = mark.line + 1 if mark else None
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise SpecError(f"not valid YAML: {problem}", Where(path, line)) from None
+        self.value = self._plain(node, ()) if node is not None else {}
+
+    def _plain(self, node: yaml.Node, at: tuple) -> Any:
+        self.lines[at] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for k, v in node.value:
+                key = self._scalar(k)
+                if not isinstance(key, str):
+                    raise self.error(at, f"keys must be strings, got {key!r}", line=k.start_mark.line + 1)
+                if key in out:
+                    raise self.error(at + (key,), "duplicate key", line=k.start_mark.line + 1)
+                out[key] = self._plain(v, at + (key,))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self._plain(v, at + (i,)) for i, v in enumerate(node.value)]
+        return self._scalar(node)
+
+    def _scalar(self, node: yaml.Node) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            raise SpecError("expected a plain value here", Where(self.path, node.start_mark.line + 1))
+        return _SAFE.construct_object(node, deep=True)
+
+    def line(self, at: tuple) -> int | None:
+        while at and at not in self.lines:
+            at = at[:-1]
+        return self.lines.get(at)
+
+    def error(self, at: tuple, message: str, line: int | None = None) -> SpecError:
+        return SpecError(message, Where(self.path, line or self.line(at)), _field_name(at) or None)
+
+
+_SAFE = yaml.constructor.SafeConstructor()  # resolves scalars: ints, floats, bools, nulls, strings
+
+
+def _field_name(at: tuple) -> str:
+    out = ""
+    for part in at:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def load_spec(models_path: Path | str) -> Spec:
+    """Read and validate models.yaml. Raises SpecError naming file, line and field."""
+    from .backends import get_backend  # backends import spec types; avoid an import cycle
+
+    path = Path(models_path).absolute()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError("file not found (run doit where models.yaml is, or pass its path)", Where(path)) from None
+    except OSError as e:
+        raise SpecError(f"cannot read: {e.strerror}", Where(path)) from None
+    doc = _Doc(path, text)
+    top = doc.value
+    if not isinstance(top, dict):
+        raise doc.error((), "the top level must be a mapping with `models:`")
+    _no_unknown(doc, (), top, TOP_KEYS)
+    root = path.parent
+    project = Project(
+        models_path=path,
+        engines_dir=root / _opt_str(doc, ("engines_dir",), top.get("engines_dir", "engines")),
+        work_dir=root / _opt_str(doc, ("work_dir",), top.get("work_dir", ".buildlib")),
+        store=_opt_str(doc, ("store",), top.get("store")) if top.get("store") is not None else None,
+    )
+    defaults = top.get("defaults", {}) or {}
+    if not isinstance(defaults, dict):
+        raise doc.error(("defaults",), "must be a mapping")
+    _no_unknown(doc, ("defaults",), defaults, MODEL_KEYS)
+    entries = top.get("models")
+    if not isinstance(entries, list) or not entries:
+        raise doc.error(("models",), "must be a non-empty list of models")
+    models: list[ModelSpec] = []
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        at = ("models", i)
+        if not isinstance(entry, dict):
+            raise doc.error(at, "each model must be a mapping with at least `name` and `checkpoint`")
+        _no_unknown(doc, at, entry, MODEL_KEYS | NAMED_KEYS)
+        name = _name(doc, at + ("name",), entry.get("name"))
+        if name in seen:
+            raise doc.error(at + ("name",), f"duplicate model name {name!r} (first at line {seen[name]})")
+        seen[name] = doc.line(at) or 0
+        models.append(_model(doc, root, defaults, entry, at, name, get_backend))
+    return Spec(project=project, models=tuple(models))
+
+
+def _model(doc: _Doc, root: Path, defaults: dict, entry: dict, where: tuple, name: str,
+           get_backend: Callable[[str], Backend]) -> ModelSpec:
+    """Validate one model entry; each field is looked up in the entry, then in `defaults:`."""
+    m = {**defaults, **entry}
+
+    def at(key: str) -> tuple:
+        return (where if key in entry else ("defaults",)) + (key,)
+
+    if "checkpoint" not in m:
+        raise doc.error(where + ("checkpoint",), "missing; give the Hugging Face checkpoint dir")
+    checkpoint = _checkpoint(doc, root, at("checkpoint"), m["checkpoint"])
+    backend_name = m.get("backend", "trtllm")
+    try:
+        backend = get_backend(backend_name)
+    except KeyError as e:
+        raise doc.error(at("backend"), str(e.args[0])) from None
+    dtype = m.get("dtype", "float16")
+    if dtype not in DTYPES:
+        raise doc.error(at("dtype"), f"must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    archs = m.get("archs", ["sm90"])
+    if not isinstance(archs, list) or not archs:
+        raise doc.error(at("archs"), "must be a non-empty list such as [sm80, sm90]")
+    for j, a in enumerate(archs):
+        if not isinstance(a, str) or not (GPU_ARCH_RE.match(a) or CPU_ARCH_RE.match(a)):
+            raise doc.error(at("archs") + (j,), f"{a!r} is not an arch (sm80, sm90, sm100, or cpu)")
+    if len(set(archs)) != len(archs):
+        raise doc.error(at("archs"), "lists an arch twice")
+    parallel = _parallel(doc, at("parallel"), m.get("parallel", [{"tp": 1, "pp": 1}]))
+    for part in (defaults, entry):
+        if not isinstance(part.get("build", {}) or {}, dict):
+            raise doc.error(at("build"), "must be a mapping of build options")
+    # Per-key override: a model's `build:` refines the defaults' `build:`.
+    build_raw = {**(defaults.get("build") or {}), **(entry.get("build") or {})}
+    try:
+        build = backend.resolve_build(build_raw)
+    except SpecError as e:
+        key = e.field or ""
+        src = where if key in (entry.get("build") or {}) else ("defaults",)
+        raise doc.error(src + ("build",) + ((key,) if key in build_raw else ()), e.message) from None
+    quant = _quant(doc, at("quantization"), m.get("quantization"))
+    gpu_name = m.get("gpu_name")
+    if gpu_name is not None and (not isinstance(gpu_name, str) or not gpu_name.strip()):
+        raise doc.error(at("gpu_name"), "must be a GPU name as nvidia-smi prints it, e.g. 'NVIDIA H100 80GB HBM3'")
+    max_workers = m.get("max_workers")
+    if max_workers is not None and (not _is_int(max_workers) or max_workers < 1):
+        raise doc.error(at("max_workers"), f"must be an integer >= 1; got {max_workers!r}")
+    validate = m.get("validate", True)
+    if not isinstance(validate, bool):
+        raise doc.error(at("validate"), f"must be true or false; got {validate!r}")
+    model_class = m.get("model_class")
+    if model_class is not None and (not isinstance(model_class, str) or not model_class.isidentifier()):
+        raise doc.error(at("model_class"), f"must be a class name like LlamaForCausalLM; got {model_class!r}")
+    spec = ModelSpec(
+        name=name, checkpoint=checkpoint, backend=backend_name, dtype=dtype,
+        quantization=tuple(sorted(quant.items())) if quant else None,
+        archs=tuple(archs), parallel=parallel, build=tuple(sorted(build.items())),
+        gpu_name=gpu_name, max_workers=max_workers, validate=validate,
+        model_class=model_class, line=doc.line(at("name")[:-1]),
+    )
+    try:
+        backend.check_model(spec)
+    except SpecError as e:
+        raise doc.error(at(e.field or "backend"), e.message) from None
+    return spec
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _no_unknown(doc: _Doc, at: tuple, d: dict, allowed: set[str]) -> None:
+    import difflib
+
+    for k in d:
+        if k not in allowed:
+            close = difflib.get_close_matches(k, sorted(allowed), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(sorted(allowed))}"
+            raise doc.error(at + (k,), f"unknown key{hint}")
+
+
+def _opt_str(doc: _Doc, at: tuple, v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise doc.error(at, f"must be a non-empty string; got {v!r}")
+    return v
+
+
+def _name(doc: _Doc, at: tuple, v: Any) -> str:
+    if v is None:
+        raise doc.error(at, "missing; every model needs a name")
+    if not isinstance(v, str) or not NAME_RE.match(v) or ".." in v:
+        raise doc.error(at, f"{v!r} is not a safe name: use letters, digits, '.', '_', '-' (no '/', no '..')")
+    if v in GROUP_NAMES or GPU_ARCH_RE.match(v) or CPU_ARCH_RE.match(v):
+        raise doc.error(at, f"{v!r} is reserved (it names a task group or an arch)")
+    return v
+
+
+def _checkpoint(doc: _Doc, root: Path, at: tuple, v: Any) -> Path | GeneratedCheckpoint:
+    if isinstance(v, dict):
+        gen = v.get("generate")
+        if gen not in GENERATORS:
+            raise doc.error(at + ("generate",), f"must be one of {', '.join(GENERATORS)}; got {gen!r}")
+        params = {k: x for k, x in v.items() if k != "generate"}
+        _no_unknown(doc, at, params, set(GENERATORS[gen]))
+        for k, x in params.items():
+            if k == "dtype":
+                if x not in DTYPES:
+                    raise doc.error(at + (k,), f"must be one of {', '.join(DTYPES)}")
+            elif not _is_int(x) or x < 0:
+                raise doc.error(at + (k,), f"must be a non-negative integer; got {x!r}")
+        return GeneratedCheckpoint(gen, tuple(sorted(params.items())))
+    if not isinstance(v, str) or not v:
+        raise doc.error(at, "must be a path to a Hugging Face checkpoint dir, or {generate: tinyllama, seed: N}")
+    p = (root / v).absolute()
+    if not p.is_dir():
+        raise doc.error(at, f"checkpoint dir {v!r} does not exist (resolved to {p})")
+    return p
+
+
+def _parallel(doc: _Doc, at: tuple, v: Any) -> tuple[tuple[int, int], ...]:
+    if not isinstance(v, list) or not v:
+        raise doc.error(at, "must be a non-empty list such as [{tp: 1, pp: 1}, {tp: 2, pp: 1}]")
+    out: list[tuple[int, int]] = []
+    for j, p in enumerate(v):
+        if not isinstance(p, dict):
+            raise doc.error(at + (j,), "must be a mapping like {tp: 2, pp: 1}")
+        _no_unknown(doc, at + (j,), p, {"tp", "pp"})
+        tp, pp = p.get("tp", 1), p.get("pp", 1)
+        for k, x in (("tp", tp), ("pp", pp)):
+            if not _is_int(x) or x < 1:
+                raise doc.error(at + (j, k), f"must be an integer >= 1; got {x!r}")
+        if (tp, pp) in out:
+            raise doc.error(at + (j,), f"tp{tp}-pp{pp} is listed twice")
+        out.append((tp, pp))
+    return tuple(out)
+
+
+def _quant(doc: _Doc, at: tuple, v: Any) -> dict[str, str | None] | None:
+    if v is None:
+        return None
+    if isinstance(v, str):
+        v = {"algo": v}
+    if not isinstance(v, dict):
+        raise doc.error(at, "must be null, an algorithm name, or {algo: fp8, kv_cache: fp8}")
+    _no_unknown(doc, at, v, {"algo", "kv_cache"})
+    algo, kv = v.get("algo"), v.get("kv_cache")
+    if algo is not None and algo not in QUANT_ALGOS:
+        raise doc.error(at + ("algo",), f"must be one of {', '.join(QUANT_ALGOS)}; got {algo!r}")
+    if kv is not None and kv not in KV_CACHE_QUANT:
+        raise doc.error(at + ("kv_cache",), f"must be one of {', '.join(KV_CACHE_QUANT)}; got {kv!r}")
+    if algo is None and kv is None:
+        return None
+    return {"algo": QUANT_ALGOS[algo] if algo else None, "kv_cache": KV_CACHE_QUANT[kv] if kv else None}

@@ -1,0 +1,182 @@
+"""The steps behind the tasks: generate, convert, build, validate. No doit here: doit actions,
+Ray workers and tests call these same functions."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .backends import get_backend
+from .backends.base import Job
+from .engine import Engine
+from .errors import BuildFailed
+from .gpu import Gpu
+from .key import key_of
+from .manifest import Manifest, read_manifest, record_outputs, write_json_durably, write_manifest
+from .plan import BLOCKED, FRESH, Planner, checkpoint_dir
+from .publish import clean_leftovers, locked, publish, temp_dir_for
+from .spec import GeneratedCheckpoint, ModelSpec
+
+VALIDATION = "validation.json"
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def generate_checkpoint(planner: Planner, model: ModelSpec) -> None:
+    """Write a generated checkpoint (e.g. the embedded tiny Llama) if it does not exist yet."""
+    ckpt = model.checkpoint
+    assert isinstance(ckpt, GeneratedCheckpoint)
+    dest = checkpoint_dir(planner.spec, model)
+    with locked(dest):
+        if dest.is_dir():
+            return
+        from .tinyllama import write_checkpoint
+
+        write_checkpoint(dest, **ckpt.kwargs)
+        say(f"generated {ckpt.generator} checkpoint for {model.name} in {dest}")
+    planner.forget_checkpoint(model)
+
+
+def _failed_log(dest: Path) -> Path:
+    return dest.parent / f".{dest.name}.failed.log"
+
+
+def _produce(dest: Path, what: str, make: Any, finish: Any) -> None:
+    """Run make(tmp) in a temp dir beside dest, then finish(tmp) (writes the manifest, last), then
+    publish. On failure the temp dir goes away and its log is kept beside dest."""
+    clean_leftovers(dest)
+    tmp = temp_dir_for(dest)
+    try:
+        make(tmp)
+        finish(tmp)
+        publish(tmp, dest)
+    except BaseException:
+        log = tmp / "build.log"
+        if log.exists():
+            shutil.copyfile(log, _failed_log(dest))
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _failed_log(dest).unlink(missing_ok=True)
+
+
+def convert(planner: Planner, engine: Engine) -> None:
+    """HF checkpoint -> the backend's intermediate checkpoint, content-addressed by convert key."""
+    backend = get_backend(engine.model.backend)
+    fields = planner.convert_fields(engine)
+    if fields is None:
+        raise BuildFailed(f"convert:{engine.convert_id}: checkpoint not generated yet")
+    key = key_of(fields)
+    dest = planner.spec.project.work_dir / "checkpoints" / key
+    with locked(dest):
+        m = read_manifest(dest)
+        if m is not None and m.key == key:
+            return
+        ckpt = planner.checkpoint(engine.model)
+        assert ckpt is not None
+
+        gpus = planner.host.gpus[: backend.convert_gpus(engine)]
+        if len(gpus) < backend.convert_gpus(engine):
+            raise BuildFailed(f"convert:{engine.convert_id} calibrates quantization on a GPU; this host has none")
+
+        def make(tmp: Path) -> None:
+            backend.convert(Job(engine, checkpoint_dir(planner.spec, engine.model), None, tmp, gpus,
+                                tmp / "build.log", planner.spec.project.work_dir))
+
+        def finish(tmp: Path) -> None:
+            write_manifest(tmp, Manifest(key, fields, record_outputs(tmp, planner.cache),
+                                         {r: list(v) for r, v in ckpt.files.items()}, engine.convert_id))
+
+        t0 = time.monotonic()
+        _produce(dest, f"convert:{engine.convert_id}", make, finish)
+        say(f"converted {engine.convert_id} in {time.monotonic() - t0:.1f}s")
+
+
+def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None) -> str:
+    """Build one engine unless it is fresh; returns its final state (fresh/blocked).
+
+    Under the per-engine lock the state is decided again, so a concurrent run that just built
+    this engine makes this call a no-op instead of a second build.
+    """
+    backend = get_backend(engine.model.backend)
+    dest = engine.dir(planner.spec.project)
+    with locked(dest):
+        st = planner.state(engine)
+        if st.state == FRESH:
+            return FRESH
+        if st.state == BLOCKED:
+            say(f"{engine.id}: {st.reasons[0]}; not built here")
+            return BLOCKED
+        assert st.key and st.fields
+        ckpt = planner.checkpoint(engine.model)
+        assert ckpt is not None
+        converted = planner.converted_dir(engine) if backend.has_convert else None
+        if converted is not None and read_manifest(converted) is None:
+            convert(planner, engine)
+        if gpus is None:
+            host_gpus = planner.host.gpus_of(engine.arch, engine.model.gpu_name)
+            gpus = host_gpus[: backend.gpus_needed(engine)]
+        say(f"building {engine.id} ({'; '.join(st.reasons)})" + (
+            f" on GPU {','.join(str(g.index) for g in gpus)}" if gpus else ""))
+        t0 = time.monotonic()
+
+        def make(tmp: Path) -> None:
+            backend.build(Job(engine, checkpoint_dir(planner.spec, engine.model), converted, tmp,
+                              tuple(gpus), tmp / "build.log", planner.spec.project.work_dir))
+            missing = backend.check_complete(engine, tmp)
+            if missing:
+                raise BuildFailed(f"build:{engine.id} produced an incomplete engine: missing {', '.join(missing)}")
+
+        def finish(tmp: Path) -> None:
+            built = {"seconds": round(time.monotonic() - t0, 3), "gpus": [g.name for g in gpus]}
+            write_manifest(tmp, Manifest(st.key, st.fields, record_outputs(tmp, planner.cache),
+                                         {r: list(v) for r, v in ckpt.files.items()}, engine.id, built))
+
+        _produce(dest, f"build:{engine.id}", make, finish)
+        say(f"built {engine.id} in {time.monotonic() - t0:.1f}s -> {dest}")
+        return FRESH
+
+
+def validated(planner: Planner, engine: Engine) -> bool:
+    """True when validation.json vouches for the engine's current manifest key."""
+    dest = engine.dir(planner.spec.project)
+    m = read_manifest(dest)
+    try:
+        import json
+
+        v = json.loads((dest / VALIDATION).read_text())
+    except (OSError, ValueError):
+        return False
+    return m is not None and v.get("key") == m.key and v.get("ok") is True
+
+
+def validate(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None) -> dict[str, Any] | None:
+    """Load the engine and run it; record the result (keyed by the manifest key) beside it."""
+    backend = get_backend(engine.model.backend)
+    dest = engine.dir(planner.spec.project)
+    st = planner.state(engine)
+    if st.state != FRESH:
+        if st.state == BLOCKED:
+            say(f"{engine.id}: {st.reasons[0]}; not validated here")
+            return None
+        raise BuildFailed(f"validate:{engine.id}: engine is {st.state} ({'; '.join(st.reasons)})")
+    if gpus is None:
+        gpus = planner.host.gpus_of(engine.arch, engine.model.gpu_name)[: backend.gpus_needed(engine)]
+    log = dest / "validate.log"
+    log.unlink(missing_ok=True)
+    t0 = time.monotonic()
+    result = backend.validate(Job(engine, checkpoint_dir(planner.spec, engine.model), None, dest,
+                                  tuple(gpus), log, planner.spec.project.work_dir))
+    result = {"key": st.key, "ok": True, "seconds": round(time.monotonic() - t0, 3), **result}
+    write_json_durably(dest / VALIDATION, result)
+    say(f"validated {engine.id}: {_summary(result)}")
+    return result
+
+
+def _summary(result: dict[str, Any]) -> str:
+    keys = ("max_rel_err", "max_abs_err", "tokens", "detail")
+    return ", ".join(f"{k}={result[k]}" for k in keys if k in result) or "ok"

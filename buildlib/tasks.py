@@ -1,0 +1,156 @@
+"""models.yaml -> doit task dicts: checkpoint, convert, build, validate, and group tasks.
+
+Everything here is picklable (module-level functions, small callable objects), so the tasks
+run under `doit -n N -P process` with any start method. doit is not imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from . import steps
+from .backends import get_backend
+from .engine import Engine
+from .errors import BackendUnavailable
+from .plan import BLOCKED, FRESH, Planner, checkpoint_dir
+from .spec import GeneratedCheckpoint, ModelSpec, Project, Spec, load_spec
+
+_PLANNERS: dict[Path, Planner] = {}
+
+
+def planner_for(models_path: Path | str) -> Planner:
+    """One Planner per models.yaml per process: the spec is parsed and checkpoints hashed once."""
+    path = Path(models_path).absolute()
+    if path not in _PLANNERS:
+        _PLANNERS[path] = Planner(load_spec(path))
+    return _PLANNERS[path]
+
+
+def loaded_planner() -> Planner:
+    """The planner the doit loader created in this process (for commands such as `doit plan`)."""
+    if len(_PLANNERS) != 1:
+        raise RuntimeError(f"expected one loaded models.yaml, found {len(_PLANNERS)}")
+    return next(iter(_PLANNERS.values()))
+
+
+def _planner(project: Project, model: ModelSpec) -> Planner:
+    """The process's planner for this project (a doit worker builds its own from what it was sent)."""
+    p = _PLANNERS.get(project.models_path)
+    if p is None:
+        p = _PLANNERS[project.models_path] = Planner(Spec(project, (model,)))
+    return p
+
+
+class EngineFresh:
+    """doit `uptodate` for a build: fresh iff the engine dir's manifest has the computed key and its
+    outputs are intact. doit's own database plays no part, so a fresh clone or a restored engines/
+    dir is judged correctly."""
+
+    def __init__(self, project: Project, engine: Engine):
+        self.project, self.engine = project, engine
+
+    def __call__(self) -> bool:
+        return _planner(self.project, self.engine.model).state(self.engine).state == FRESH
+
+
+class EngineValidated(EngineFresh):
+    """doit `uptodate` for a validate task: the engine is fresh and validation.json vouches for its key."""
+
+    def __call__(self) -> bool:
+        return super().__call__() and steps.validated(_planner(self.project, self.engine.model), self.engine)
+
+
+class ConvertedFresh(EngineFresh):
+    """doit `uptodate` for a convert task: the content-addressed converted checkpoint exists."""
+
+    def __call__(self) -> bool:
+        planner = _planner(self.project, self.engine.model)
+        try:
+            d = planner.converted_dir(self.engine)
+        except BackendUnavailable:
+            return False  # the action reports it (blocked)
+        return d is not None and (d / "manifest.json").is_file()
+
+
+class CheckpointReady:
+    """doit `uptodate` for a generated checkpoint: its dir exists (it is written atomically)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self) -> bool:
+        return self.path.is_dir()
+
+
+def generate_action(project: Project, model: ModelSpec) -> None:
+    steps.generate_checkpoint(_planner(project, model), model)
+
+
+def convert_action(project: Project, engine: Engine) -> dict[str, Any]:
+    planner = _planner(project, engine.model)
+    if planner.state(engine).state == BLOCKED and all(
+            planner.state(e).state == BLOCKED for e in _siblings(planner, engine)):
+        return {"state": BLOCKED}
+    steps.convert(planner, engine)
+    return {"state": FRESH}
+
+
+def _siblings(planner: Planner, engine: Engine) -> list[Engine]:
+    return [e for e in planner.engines() if e.convert_id == engine.convert_id]
+
+
+def build_action(project: Project, engine: Engine) -> dict[str, Any]:
+    return {"state": steps.build(_planner(project, engine.model), engine)}
+
+
+def validate_action(project: Project, engine: Engine) -> dict[str, Any]:
+    result = steps.validate(_planner(project, engine.model), engine)
+    return {"state": BLOCKED if result is None else FRESH}
+
+
+def task_dicts(planner: Planner) -> Iterator[dict[str, Any]]:
+    """Every task for every engine of the spec, plus groups: one per model, one per arch,
+    `convert`/`build`/`validate`, and `engines` for all (the default)."""
+    project = planner.spec.project
+    groups: dict[str, list[str]] = {"engines": [], "convert": [], "build": [], "validate": []}
+    done_converts: set[str] = set()
+    for model in planner.spec.models:
+        gen_dep: list[str] = []
+        if isinstance(model.checkpoint, GeneratedCheckpoint):
+            name = f"checkpoint:{model.name}"
+            gen_dep = [name]
+            yield {"basename": name, "doc": f"generate the {model.checkpoint.generator} checkpoint",
+                   "actions": [(generate_action, [project, model])],
+                   "uptodate": [CheckpointReady(checkpoint_dir(planner.spec, model))]}
+        groups[model.name] = []
+    for engine in planner.engines():
+        model = engine.model
+        backend = get_backend(model.backend)
+        deps = [f"checkpoint:{model.name}"] if isinstance(model.checkpoint, GeneratedCheckpoint) else []
+        if backend.has_convert:
+            cname = f"convert:{engine.convert_id}"
+            if cname not in done_converts:
+                done_converts.add(cname)
+                groups["convert"].append(cname)
+                yield {"basename": cname, "doc": "Hugging Face -> TensorRT-LLM checkpoint (shared by every arch)",
+                       "actions": [(convert_action, [project, engine])], "task_dep": list(deps),
+                       "uptodate": [ConvertedFresh(project, engine)]}
+            deps.append(cname)
+        bname, vname = f"build:{engine.id}", f"validate:{engine.id}"
+        yield {"basename": bname, "doc": f"build the {model.backend} engine", "task_dep": deps,
+               "actions": [(build_action, [project, engine])], "uptodate": [EngineFresh(project, engine)]}
+        final = bname
+        if model.validate:
+            yield {"basename": vname, "doc": "load the engine and run it", "task_dep": [bname],
+                   "actions": [(validate_action, [project, engine])],
+                   "uptodate": [EngineValidated(project, engine)]}
+            groups["validate"].append(vname)
+            final = vname
+        groups["build"].append(bname)
+        groups[model.name].append(final)
+        groups.setdefault(engine.arch, []).append(final)
+        groups["engines"].append(final)
+    for name, deps in groups.items():
+        yield {"basename": name, "doc": f"group: {name}", "actions": None, "task_dep": deps}
