@@ -133,8 +133,9 @@ class Planner:
             return EngineState(engine, BLOCKED, [e.message], blocked=e.message)
         edir = engine.dir(self.spec.project)
         if fields is None:
+            reasons = [blocked] if blocked else []
             return EngineState(engine, BLOCKED if blocked else MISSING,
-                               ["checkpoint not generated yet"], blocked=blocked)
+                               [*reasons, "checkpoint not generated yet"], blocked=blocked)
         key = key_of(fields)
         m = read_manifest(edir)
         if m is None:
