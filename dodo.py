@@ -1,6 +1,6 @@
 """`doit` in the repo root builds the engines listed in models.yaml (see buildlib)."""
 
-from buildlib.plugin import doit_config, dodo_tasks
+from buildlib.plugin import dodo_tasks, doit_config
 
 MODELS = "models.yaml"
 DOIT_CONFIG = doit_config(MODELS)

@@ -52,7 +52,7 @@ def digest_files(paths: Iterable[Path], cache: StatCache | None = None) -> dict[
         with ThreadPoolExecutor(_workers(len(todo))) as pool:
             digests = list(pool.map(lambda t: hash_file(t[0]), todo))
         fresh = []
-        for (p, st), d in zip(todo, digests):
+        for (p, st), d in zip(todo, digests, strict=True):
             out[p] = (st.st_size, d)
             if _same_file(st, os.stat(p)):  # not rewritten while we read it: safe to remember
                 fresh.append((p, st, d))

@@ -14,7 +14,7 @@ from . import steps
 from .backends import get_backend
 from .engine import Engine
 from .errors import BackendUnavailable
-from .plan import BLOCKED, FRESH, Planner, checkpoint_dir
+from .plan import BLOCKED, FRESH, MISSING, STALE, Planner, checkpoint_dir
 from .spec import GeneratedCheckpoint, ModelSpec, Project, Spec, load_spec
 
 _PLANNERS: dict[Path, Planner] = {}
@@ -56,10 +56,11 @@ class EngineFresh:
 
 
 class EngineValidated(EngineFresh):
-    """doit `uptodate` for a validate task: the engine is fresh and validation.json vouches for its key."""
+    """doit `uptodate` for a validate task: validation.json vouches for the current key. Evaluated
+    after the build task (task_dep), whose own check already verified the outputs."""
 
     def __call__(self) -> bool:
-        return super().__call__() and steps.validated(_planner(self.project, self.engine.model), self.engine)
+        return steps.validated(_planner(self.project, self.engine.model), self.engine)
 
 
 class ConvertedFresh(EngineFresh):
@@ -70,7 +71,7 @@ class ConvertedFresh(EngineFresh):
         try:
             d = planner.converted_dir(self.engine)
         except BackendUnavailable:
-            return False  # the action reports it (blocked)
+            return True  # nothing can be converted here; each build task reports why
         return d is not None and (d / "manifest.json").is_file()
 
 
@@ -88,17 +89,8 @@ def generate_action(project: Project, model: ModelSpec) -> None:
     steps.generate_checkpoint(_planner(project, model), model)
 
 
-def convert_action(project: Project, engine: Engine) -> dict[str, Any]:
-    planner = _planner(project, engine.model)
-    if planner.state(engine).state == BLOCKED and all(
-            planner.state(e).state == BLOCKED for e in _siblings(planner, engine)):
-        return {"state": BLOCKED}
-    steps.convert(planner, engine)
-    return {"state": FRESH}
-
-
-def _siblings(planner: Planner, engine: Engine) -> list[Engine]:
-    return [e for e in planner.engines() if e.convert_id == engine.convert_id]
+def convert_action(project: Project, engine: Engine) -> None:
+    steps.convert(_planner(project, engine.model), engine)
 
 
 def build_action(project: Project, engine: Engine) -> dict[str, Any]:
@@ -112,40 +104,49 @@ def validate_action(project: Project, engine: Engine) -> dict[str, Any]:
 
 def task_dicts(planner: Planner) -> Iterator[dict[str, Any]]:
     """Every task for every engine of the spec, plus groups: one per model, one per arch,
-    `convert`/`build`/`validate`, and `engines` for all (the default)."""
+    `convert`/`build`/`validate`, and `engines` for all (the default).
+
+    The plan is decided up front, as ninja does: one pass computes every engine's state, and a
+    task already known to be up to date gets a literal `True` (doit then skips it without calling
+    anything, or inspecting a signature). Only tasks that may run get a callable, evaluated when
+    doit reaches them (after their dependencies ran), which re-decides from the files.
+    """
     project = planner.spec.project
+    states = {e: planner.state(e) for e in planner.engines()}
     groups: dict[str, list[str]] = {"engines": [], "convert": [], "build": [], "validate": []}
-    done_converts: set[str] = set()
     for model in planner.spec.models:
-        gen_dep: list[str] = []
         if isinstance(model.checkpoint, GeneratedCheckpoint):
-            name = f"checkpoint:{model.name}"
-            gen_dep = [name]
-            yield {"basename": name, "doc": f"generate the {model.checkpoint.generator} checkpoint",
+            yield {"basename": f"checkpoint:{model.name}",
+                   "doc": f"generate the {model.checkpoint.generator} checkpoint",
                    "actions": [(generate_action, [project, model])],
                    "uptodate": [CheckpointReady(checkpoint_dir(planner.spec, model))]}
         groups[model.name] = []
-    for engine in planner.engines():
+    # A conversion is needed only while some engine built from it must be (re)built here.
+    convert_needed: dict[str, bool] = {}
+    for e, st in states.items():
+        convert_needed[e.convert_id] = convert_needed.get(e.convert_id, False) or st.state in (STALE, MISSING)
+    for engine, st in states.items():
         model = engine.model
-        backend = get_backend(model.backend)
         deps = [f"checkpoint:{model.name}"] if isinstance(model.checkpoint, GeneratedCheckpoint) else []
-        if backend.has_convert:
+        if get_backend(model.backend).has_convert:
             cname = f"convert:{engine.convert_id}"
-            if cname not in done_converts:
-                done_converts.add(cname)
+            if cname not in groups["convert"]:
                 groups["convert"].append(cname)
                 yield {"basename": cname, "doc": "Hugging Face -> TensorRT-LLM checkpoint (shared by every arch)",
                        "actions": [(convert_action, [project, engine])], "task_dep": list(deps),
-                       "uptodate": [ConvertedFresh(project, engine)]}
+                       "uptodate": [ConvertedFresh(project, engine) if convert_needed[engine.convert_id] else True]}
             deps.append(cname)
+        fresh = st.state == FRESH
         bname, vname = f"build:{engine.id}", f"validate:{engine.id}"
         yield {"basename": bname, "doc": f"build the {model.backend} engine", "task_dep": deps,
-               "actions": [(build_action, [project, engine])], "uptodate": [EngineFresh(project, engine)]}
+               "actions": [(build_action, [project, engine])],
+               "uptodate": [True if fresh else EngineFresh(project, engine)]}
         final = bname
         if model.validate:
+            done = fresh and steps.validated(planner, engine)
             yield {"basename": vname, "doc": "load the engine and run it", "task_dep": [bname],
                    "actions": [(validate_action, [project, engine])],
-                   "uptodate": [EngineValidated(project, engine)]}
+                   "uptodate": [True if done else EngineValidated(project, engine)]}
             groups["validate"].append(vname)
             final = vname
         groups["build"].append(bname)

@@ -21,7 +21,8 @@ models:
 
 CASES = [
     # (id, replace-this, with-this, expected line, expected fragment)
-    ("unknown-top-key", "defaults:", "defualts:\n  dtype: float16\nx:", 1, "defualts: unknown key; did you mean 'defaults'?"),
+    ("unknown-top-key", "defaults:", "defualts:\n  dtype: float16\nx:", 1,
+     "defualts: unknown key; did you mean 'defaults'?"),
     ("unknown-model-key", "    parallel:", "    paralel: []\n    parallel:", 8, "models[0].paralel: unknown key"),
     ("unknown-build-option", "max_batch_size: 8}", "max_batch_size: 8, max_output_len: 64}", 4,
      "defaults.build.max_output_len"),

@@ -75,7 +75,7 @@ def test_first_run_builds_every_buildable_engine(project):
 
 def test_workers_and_gpus_follow_world_size(project):
     _, env = project
-    by_engine = {e: rec for e, rec in zip(built_engines(env), trtllm_log(env))}
+    by_engine = {e: rec for e, rec in zip(built_engines(env), trtllm_log(env), strict=True)}
     tp2 = by_engine["llama/sm90/tp2-pp1"]["argv"]
     assert tp2[tp2.index("--workers") + 1] == "2"
     assert by_engine["llama/sm90/tp2-pp1"]["CUDA_VISIBLE_DEVICES"] == "0,1"

@@ -45,7 +45,7 @@ class Backend(ABC):
     def resolve_build(self, build: dict[str, Any]) -> dict[str, Any]:
         """Validate models.yaml `build:` and fill every default; raise SpecError(field=option)."""
 
-    def check_model(self, model: ModelSpec) -> None:
+    def check_model(self, model: ModelSpec) -> None:  # noqa: B027 - optional hook, most backends accept all
         """Reject models this backend cannot build (SpecError with field set)."""
 
     def expand_arch(self, arch: str, host: Host) -> str:

@@ -59,7 +59,8 @@ class TrtllmBackend(Backend):
         """Versions from package metadata (no import: cheap, and works on CPU-only planners)."""
         trtllm = _dist_version("tensorrt_llm", "tensorrt-llm")
         if trtllm is None:
-            raise BackendUnavailable("tensorrt_llm is not installed here (pip install tensorrt_llm==1.2.1 on a GPU host)")
+            raise BackendUnavailable(
+                "tensorrt_llm is not installed here (pip install tensorrt_llm==1.2.1 on a GPU host)")
         if _release(trtllm) >= (1, 3):
             raise BackendUnavailable(
                 f"tensorrt_llm {trtllm} has no TensorRT engine backend (trtllm-build and checkpoint conversion "
@@ -121,7 +122,8 @@ class TrtllmBackend(Backend):
         if e.world_size > 1:
             mpirun = shutil.which("mpirun")
             if mpirun is None:
-                raise BuildFailed(f"validate:{e.id}: a {e.world_size}-rank engine runs under MPI; mpirun is not on PATH")
+                raise BuildFailed(
+                    f"validate:{e.id}: a {e.world_size}-rank engine runs under MPI; mpirun is not on PATH")
             argv_prefix = [mpirun, "-n", str(e.world_size), "--allow-run-as-root"]
         return run_worker("buildlib.backends.trtllm_validate", {
             "engine_dir": str(job.out_dir), "max_new_tokens": 4, "world_size": e.world_size,

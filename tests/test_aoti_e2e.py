@@ -1,0 +1,90 @@
+"""The embedded default end to end on CPU: real doit, real AOTInductor compile, real validation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from buildlib.isa import host_isa
+from tests.conftest import REPO, doit, plan
+
+ISA = host_isa()
+ENGINE = f"tiny-llama/{ISA}/tp1-pp1"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, str]:
+    """The shipped models.yaml and dodo.py, built once for this module (a real compile)."""
+    root = tmp_path_factory.mktemp("repo")
+    shutil.copy(REPO / "models.yaml", root)
+    shutil.copy(REPO / "dodo.py", root)
+    first = doit(root, env=_env())
+    assert first.returncode == 0, first.stdout + first.stderr
+    return root, first.stdout
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if "standins" not in p)
+    return env
+
+
+def test_first_run_builds_and_validates_a_real_engine(built):
+    root, out = built
+    assert f"built {ENGINE}" in out
+    assert f"validated {ENGINE}" in out
+    edir = root / "engines" / ENGINE
+    assert (edir / "model.pt2").stat().st_size > 100_000
+    v = json.loads((edir / "validation.json").read_text())
+    m = json.loads((edir / "manifest.json").read_text())
+    assert v["ok"] is True and v["key"] == m["key"]
+    assert v["max_rel_err"] < 1e-4  # float32: compiled engine matches eager PyTorch
+    assert v["tokens"]["compiled"] == v["tokens"]["eager"]
+    assert m["fields"]["toolchain"]["torch"].startswith("2.")
+    assert m["fields"]["target"]["arch"] == ISA
+    states = plan(root, _env())
+    assert states[ENGINE]["state"] == "fresh"
+    assert states["tiny-llama/sm90/tp1-pp1"]["state"] == "blocked"
+
+
+def test_second_run_does_nothing(built):
+    root, _ = built
+    r = doit(root, env=_env())
+    assert r.returncode == 0
+    assert "building" not in r.stdout and "validated" not in r.stdout
+    assert f"-- build:{ENGINE}" in r.stdout
+
+
+def test_changed_max_seq_len_makes_it_stale(built):
+    root, _ = built
+    text = (root / "models.yaml").read_text()
+    (root / "models.yaml").write_text(text.replace("max_seq_len: 128", "max_seq_len: 96"))
+    try:
+        assert plan(root, _env())[ENGINE]["reasons"] == ["build.max_seq_len 128 -> 96"]
+    finally:
+        (root / "models.yaml").write_text(text)
+    assert plan(root, _env())[ENGINE]["state"] == "fresh"
+
+
+def test_changed_weight_tensor_rebuilds(built):
+    """Change one tensor of the generated checkpoint: the engine is rebuilt and revalidated."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    root, _ = built
+    ckpt = next((root / ".buildlib/generated").iterdir()) / "model.safetensors"
+    tensors = load_file(ckpt)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + torch.ones_like(tensors[name]) * 0.01
+    save_file(tensors, ckpt, metadata={"format": "pt"})
+    state = plan(root, _env())[ENGINE]
+    assert state["state"] == "stale" and state["reasons"] == ["checkpoint model.safetensors changed"]
+    r = doit(root, env=_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"built {ENGINE}" in r.stdout and f"validated {ENGINE}" in r.stdout
+    assert plan(root, _env())[ENGINE]["state"] == "fresh"

@@ -1,0 +1,77 @@
+"""Units of the core: canonical key, per-field reasons, hashing, stat cache, atomic publish."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import xxhash
+
+from buildlib.hashing import hash_file, tree_digest
+from buildlib.key import canonical_json, diff_fields, key_of
+from buildlib.publish import publish, temp_dir_for
+from buildlib.statcache import StatCache
+
+
+def test_key_is_order_independent_and_sensitive():
+    a = {"build": {"max_batch_size": 8, "gemm_plugin": "auto"}, "target": {"arch": "sm90"}}
+    b = {"target": {"arch": "sm90"}, "build": {"gemm_plugin": "auto", "max_batch_size": 8}}
+    assert key_of(a) == key_of(b)
+    assert key_of(a) != key_of({**a, "target": {"arch": "sm80"}})
+    assert canonical_json(a) == '{"build":{"gemm_plugin":"auto","max_batch_size":8},"target":{"arch":"sm90"}}'
+    assert len(key_of(a)) == 32
+
+
+def test_diff_fields_names_each_changed_field():
+    old = {"build": {"max_batch_size": 8, "x": None}, "toolchain": {"tensorrt_llm": "1.2.0"}}
+    new = {"build": {"max_batch_size": 64, "x": 1}, "toolchain": {"tensorrt_llm": "1.2.1"}}
+    assert diff_fields(old, new) == ["build.max_batch_size 8 -> 64", "build.x unset -> 1",
+                                     "toolchain.tensorrt_llm 1.2.0 -> 1.2.1"]
+
+
+def test_hash_file_matches_one_shot_xxh3(tmp_path: Path):
+    p = tmp_path / "f"
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    p.write_bytes(data)
+    assert hash_file(p, buf_size=1 << 20) == xxhash.xxh3_128_hexdigest(data)
+
+
+def test_tree_digest_and_stat_cache(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr("buildlib.statcache.RACY_NS", 0)  # files here were written just now
+    root = tmp_path / "ckpt"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.safetensors").write_bytes(b"a" * 1000)
+    (root / "sub/b.bin").write_bytes(b"b" * 10)
+    (root / ".cache").mkdir()
+    (root / ".cache/ignored").write_bytes(b"x")
+    cache = StatCache(tmp_path / "stat.sqlite")
+    d1 = tree_digest(root, cache)
+    assert set(d1.files) == {"a.safetensors", "sub/b.bin"}
+    assert d1.files["a.safetensors"] == (1000, xxhash.xxh3_128_hexdigest(b"a" * 1000))
+    st = os.stat(root / "a.safetensors")
+    assert cache.lookup(root / "a.safetensors", st) == d1.files["a.safetensors"][1]
+    # touched but identical: the entry no longer matches (re-hash once), the digest is unchanged
+    os.utime(root / "a.safetensors")
+    assert cache.lookup(root / "a.safetensors", os.stat(root / "a.safetensors")) is None
+    assert tree_digest(root, cache).digest == d1.digest
+    # changed content, same size: new digest
+    (root / "sub/b.bin").write_bytes(b"c" * 10)
+    assert tree_digest(root, cache).digest != d1.digest
+
+
+def test_racy_entries_are_not_trusted(tmp_path: Path):
+    p = tmp_path / "fresh"
+    p.write_bytes(b"x")
+    cache = StatCache(tmp_path / "stat.sqlite")
+    cache.store_many([(p, os.stat(p), "d")])  # written just now: might change within the same tick
+    assert cache.lookup(p, os.stat(p)) is None
+
+
+def test_publish_replaces_atomically(tmp_path: Path):
+    dest = tmp_path / "engines/m/sm90/tp1-pp1"
+    for content in (b"old", b"new"):
+        tmp = temp_dir_for(dest)
+        (tmp / "rank0.engine").write_bytes(content)
+        publish(tmp, dest)
+    assert (dest / "rank0.engine").read_bytes() == b"new"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["tp1-pp1"]
