@@ -137,6 +137,7 @@ class _Doc:
                 if key in out:
                     raise self.error(at + (key,), "duplicate key", line=k.start_mark.line + 1)
                 out[key] = self._plain(v, at + (key,))
+                self.lines[at + (key,)] = k.start_mark.line + 1  # point at the key, not its value
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self._plain(v, at + (i,)) for i, v in enumerate(node.value)]

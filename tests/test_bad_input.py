@@ -41,7 +41,7 @@ CASES = [
     ("bad-arch", "archs: [sm90]", "archs: [hopper]", 3, "defaults.archs[0]: 'hopper' is not an arch"),
     ("bad-dtype", "  backend: trtllm", "  backend: trtllm\n  dtype: fp16", 3, "defaults.dtype: must be one of"),
     ("bad-backend", "backend: trtllm", "backend: onnx", 2, "defaults.backend: unknown backend 'onnx'"),
-    ("not-yaml", "models:", "models: [", 5, "not valid YAML"),
+    ("not-yaml", "models:", "models: [", 6, "not valid YAML: did not find expected node content"),
     ("bad-quant", "    parallel:", "    quantization: {algo: fp4}\n    parallel:", 8,
      "models[0].quantization.algo: must be one of"),
     ("aoti-tp2", "backend: trtllm", "backend: aoti", 8, "aoti builds single-device engines only"),
@@ -58,23 +58,26 @@ def test_bad_input(tmp_path: Path, standins, case, command):
         text = text.replace("{tp: 1, pp: 1}", "{tp: 2, pp: 1}").replace("archs: [sm90]", "archs: [cpu]").replace(
             "build: {max_batch_size: 8}", "build: {max_batch_size: 2}")
     assert text != GOOD
-    write_hf_checkpoint(tmp_path / "ckpt/llama")
-    (tmp_path / "models.yaml").write_text(text)
-    (tmp_path / "pyproject.toml").write_text(LOADER_PYPROJECT)
-    before = sorted(p.name for p in tmp_path.iterdir())
-    r = doit(tmp_path, *command, env=standins())
+    root = tmp_path / "repo"
+    write_hf_checkpoint(root / "ckpt/llama")
+    (root / "models.yaml").write_text(text)
+    (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
+    before = sorted(p.name for p in root.iterdir())
+    r = doit(root, *command, env=standins())
     assert r.returncode == 2, r.stdout + r.stderr
     err = r.stderr.strip()
     assert "Traceback" not in r.stderr + r.stdout
     assert len(err.splitlines()) == 1, err
-    assert err.startswith(f"error: {tmp_path / 'models.yaml'}:{line}: "), err
+    assert err.startswith(f"error: {root / 'models.yaml'}:{line}: "), err
     assert fragment in err, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    assert sorted(p.name for p in root.iterdir()) == before  # nothing written
 
 
 def test_missing_models_yaml(tmp_path: Path, standins):
-    (tmp_path / "pyproject.toml").write_text(LOADER_PYPROJECT)
-    r = doit(tmp_path, env=standins())
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
+    r = doit(root, env=standins())
     assert r.returncode == 2
     assert "models.yaml: file not found" in r.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["pyproject.toml"]
+    assert sorted(p.name for p in root.iterdir()) == ["pyproject.toml"]
