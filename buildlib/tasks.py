@@ -1,19 +1,22 @@
 """models.yaml -> doit task dicts: checkpoint, convert, build, validate, and group tasks.
 
 Everything here is picklable (module-level functions, small callable objects), so the tasks
-run under `doit -n N -P process` with any start method. doit is not imported.
+run under `doit -n N -P process` with any start method.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from doit.exceptions import TaskFailed
 
 from . import steps
 from .backends import get_backend
 from .engine import Engine
-from .errors import BackendUnavailable
+from .errors import BackendUnavailable, BuildFailed
 from .plan import BLOCKED, FRESH, MISSING, STALE, Planner, checkpoint_dir
 from .spec import GeneratedCheckpoint, ModelSpec, Project, Spec, load_spec
 
@@ -85,18 +88,33 @@ class CheckpointReady:
         return self.path.is_dir()
 
 
+def _failed_is_task_failure(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A BuildFailed becomes doit's TaskFailed: its message (naming the log), exit status 1, no traceback."""
+    @functools.wraps(fn)
+    def action(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except BuildFailed as e:
+            return TaskFailed(str(e))
+    return action
+
+
+@_failed_is_task_failure
 def generate_action(project: Project, model: ModelSpec) -> None:
     steps.generate_checkpoint(_planner(project, model), model)
 
 
+@_failed_is_task_failure
 def convert_action(project: Project, engine: Engine) -> None:
     steps.convert(_planner(project, engine.model), engine)
 
 
+@_failed_is_task_failure
 def build_action(project: Project, engine: Engine) -> dict[str, Any]:
     return {"state": steps.build(_planner(project, engine.model), engine)}
 
 
+@_failed_is_task_failure
 def validate_action(project: Project, engine: Engine) -> dict[str, Any]:
     result = steps.validate(_planner(project, engine.model), engine)
     return {"state": BLOCKED if result is None else FRESH}

@@ -46,6 +46,10 @@ def project(tmp_path: Path, standins) -> tuple[Path, dict[str, str]]:
     return root, env
 
 
+def _converted(root: Path) -> list[Path]:
+    return sorted(p for p in (root / ".buildlib/checkpoints").iterdir() if not p.name.startswith("."))
+
+
 def _run(root: Path, env: dict[str, str], *args: str) -> set[str]:
     """Run doit; return the engines trtllm-build was asked to build during this run."""
     before = len(trtllm_log(env))
@@ -63,7 +67,7 @@ def test_first_run_builds_every_buildable_engine(project):
     assert "needs an sm80 host" in states["llama/sm80/tp1-pp1"]["reasons"]
     e = root / "engines/llama/sm90/tp2-pp1"
     assert sorted(p.name for p in e.iterdir()) == ["build.log", "config.json", "manifest.json",
-                                                   "rank0.engine", "rank1.engine", "validation.json"]
+                                                   "rank0.engine", "rank1.engine", "validate.log", "validation.json"]
     cfg = json.loads((e / "config.json").read_text())
     assert {"version", "pretrained_config", "build_config"} <= cfg.keys()
     m = json.loads((e / "manifest.json").read_text())
@@ -114,13 +118,13 @@ def test_touched_identical_file_rebuilds_nothing(project):
 
 def test_changed_build_option_rebuilds_builds_but_not_conversion(project):
     root, env = project
-    converted = sorted((root / ".buildlib/checkpoints").iterdir())
+    converted = _converted(root)
     stamps = {p: (p / "manifest.json").stat().st_mtime_ns for p in converted}
     (root / "models.yaml").write_text(MODELS.replace("max_batch_size: 64", "max_batch_size: 16"))
     states = plan(root, env)
     assert states["llama/sm90/tp1-pp1"]["reasons"] == ["build.max_batch_size 64 -> 16"]
     assert _run(root, env) == LLAMA_SM90
-    assert sorted((root / ".buildlib/checkpoints").iterdir()) == converted
+    assert _converted(root) == converted
     assert {p: (p / "manifest.json").stat().st_mtime_ns for p in converted} == stamps
 
 

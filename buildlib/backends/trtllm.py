@@ -20,6 +20,11 @@ from .trtllm_options import OptionError, resolve_build_options, to_argv
 SUPPORTED = "1.x up to 1.2.x"
 # Quantization that needs ModelOpt calibration on a GPU (the rest is weight-only, done on CPU).
 CALIBRATED = frozenset({"FP8", "W8A8_SQ_PER_CHANNEL", "W4A16_AWQ", "W4A8_AWQ", "NVFP4"})
+
+
+def needs_calibration(quant: dict[str, str | None] | None) -> bool:
+    """Activation/weight quantization of these kinds, and any quantized KV cache (its scales), calibrate."""
+    return bool(quant) and (quant.get("algo") in CALIBRATED or quant.get("kv_cache") is not None)
 TENSORRT_DISTS = ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt_cu13", "tensorrt_cu12")
 
 
@@ -28,9 +33,11 @@ def _release(v: str) -> tuple[int, ...]:
 
 
 def _dist_version(*names: str) -> str | None:
+    """A distribution's version from its metadata, without importing it. A wheel re-upload
+    (`10.14.1.48.post1`) holds the same library as `10.14.1.48`: the suffix is dropped."""
     for n in names:
         try:
-            return version(n)
+            return re.sub(r"\.post\d+$", "", version(n))
         except PackageNotFoundError:
             continue
     return None
@@ -76,8 +83,7 @@ class TrtllmBackend(Backend):
         return min(engine.world_size, engine.model.max_workers or engine.world_size)
 
     def convert_gpus(self, engine: Engine) -> int:
-        q = engine.model.quant
-        return 1 if q and q.get("algo") in CALIBRATED else 0
+        return 1 if needs_calibration(engine.model.quant) else 0
 
     def convert(self, job: Job) -> None:
         e = job.engine

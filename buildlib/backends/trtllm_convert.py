@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-CALIBRATED = {"FP8", "W8A8_SQ_PER_CHANNEL", "W4A16_AWQ", "W4A8_AWQ", "NVFP4"}
+from .trtllm import needs_calibration
 
 
 def convert(req: dict[str, Any]) -> dict[str, Any]:
@@ -23,16 +23,17 @@ def convert(req: dict[str, Any]) -> dict[str, Any]:
         quant_algo=QuantAlgo[q["algo"]] if q.get("algo") else None,
         kv_cache_quant_algo=QuantAlgo[q["kv_cache"]] if q.get("kv_cache") else None,
     )
-    if req.get("model_class"):
-        if req["model_class"] not in MODEL_MAP:
-            raise SystemExit(f"model_class {req['model_class']!r} is not in tensorrt_llm.models.MODEL_MAP")
-        cls = MODEL_MAP[req["model_class"]]
-    else:
-        cls = AutoModelForCausalLM
+    calibrate = needs_calibration(q)
+    name = req.get("model_class")
+    if name is None and calibrate:  # quantize() is a classmethod of the concrete model class
+        name = json.loads(Path(req["checkpoint"], "config.json").read_text())["architectures"][0]
+    if name is not None and name not in MODEL_MAP:
+        raise SystemExit(f"model class {name!r} is not in tensorrt_llm.models.MODEL_MAP")
+    cls = MODEL_MAP[name] if name is not None else AutoModelForCausalLM
     out = Path(req["out_dir"])
     for rank in range(tp * pp):
         mapping = Mapping(world_size=tp * pp, rank=rank, tp_size=tp, pp_size=pp)
-        if q.get("algo") in CALIBRATED:
+        if calibrate:
             # ModelOpt calibration writes every rank itself (needs a GPU).
             cls.quantize(req["checkpoint"], str(out), dtype=req["dtype"], mapping=mapping, quant_config=quant_config)
             break

@@ -1,0 +1,226 @@
+"""Worker (subprocess): torch.export + AOTInductor-compile a Hugging Face causal LM, or check a package vs eager."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..isa import host_isa, march_for
+
+if TYPE_CHECKING:
+    import torch
+    from torch.export import ExportedProgram
+
+# Transformers' default. "eager" attention exports no differently: bounded dims are proven by torch 2.13 and
+# need deferred asserts on torch 2.11 with either (see _export); validate's reference runs the same attention.
+ATTN_IMPLEMENTATION = "sdpa"
+
+# Relative to max |eager logit|. float32: inductor only reorders reductions and fuses pointwise ops
+# (seen on the tiny Llama: 5e-7 CPU, 4e-7 CUDA); 1e-4 leaves room for deep models and still flags any real
+# defect, which is O(1). Half precision: eager rounds every op's output to 16 bits, inductor's fused kernels
+# keep fp32 inside and round once, so the two differ by a few units of roundoff per layer (fp16: u = 4.9e-4;
+# bf16: u = 3.9e-3, seen: 9.8e-3 = one bf16 ulp of the largest logit); 1e-2 is ~20 u for fp16, 4e-2 ~10 u
+# for bf16, both far below a defect's O(1).
+TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 4e-2}
+PROMPT_SEED = 1234  # the validation prompt's token ids come from this seed: no tokenizer needed
+
+
+def log(msg: str) -> None:
+    print(f"[aoti_worker] {msg}", file=sys.stderr, flush=True)
+
+
+def _configure(req: dict[str, Any]) -> str:
+    """Environment that must be set before torch is imported; returns the -march baseline pinned.
+
+    CPU packages get the baseline of this host's ISA tier (the engine's arch). A CUDA package's C++
+    wrapper would otherwise be built with -march=native plus the host's SIMD flags (e.g. -mamx-tile on
+    the H100 host); it gets the bare machine's baseline and no SIMD tier, so it does not depend on
+    which CPU built it.
+    """
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    if req.get("cache_dir"):
+        cache = Path(req["cache_dir"]).resolve()
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
+        os.environ["TRITON_CACHE_DIR"] = str(cache / "triton")
+    if req["device"] == "cpu":
+        march = march_for(host_isa())
+    else:
+        march = march_for(platform.machine().lower())
+        os.environ["ATEN_CPU_CAPABILITY"] = "default"  # inductor's pick_vec_isa() -> no SIMD flags
+    os.environ["TORCHINDUCTOR_CPP_MARCH"] = march
+    return march
+
+
+def _load_model(req: dict[str, Any]) -> torch.nn.Module:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(req["checkpoint"], dtype=getattr(torch, req["dtype"]),
+                                                 attn_implementation=ATTN_IMPLEMENTATION, local_files_only=True)
+    return model.eval().to(req["device"])
+
+
+def _logits_only(model: torch.nn.Module) -> torch.nn.Module:
+    """input_ids [batch, seq] -> logits [batch, seq, vocab]: no KV cache, no other outputs."""
+    import torch
+
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return self.inner(input_ids=input_ids, use_cache=False).logits
+
+    return LogitsOnly(model)
+
+
+def _prompt(vocab: int, batch: int, seq: int, device: str) -> torch.Tensor:
+    import torch
+
+    gen = torch.Generator().manual_seed(PROMPT_SEED)
+    return torch.randint(0, vocab, (batch, seq), generator=gen).to(device)
+
+
+def _input_ranges(ep: ExportedProgram) -> list[list[int | None]]:
+    """[lo, hi] of each input_ids dim as the exported program accepts it (hi None: unbounded)."""
+    name = ep.graph_signature.user_inputs[0]
+    node = next(n for n in ep.graph.nodes if n.op == "placeholder" and n.name == name)
+    ranges: list[list[int | None]] = []
+    for size in node.meta["val"].shape:
+        if isinstance(size, int):
+            ranges.append([size, size])
+            continue
+        vr = ep.range_constraints[size.node.expr]
+        ranges.append([int(vr.lower), None if math.isinf(float(vr.upper)) else int(vr.upper)])
+    return ranges
+
+
+def _violations(e: Exception) -> str:
+    """The guards named in a constraint violation (`- Not all values of seq ...`), else the first line."""
+    lines = [ln.strip() for ln in str(e).splitlines()]
+    return " ".join(ln for ln in lines if ln.startswith("- ")) or next((ln for ln in lines if ln), "")
+
+
+def _export(module: torch.nn.Module, sample: torch.Tensor, max_batch: int,
+            max_seq: int) -> tuple[ExportedProgram, dict[str, Any]]:
+    """Export input_ids with batch in [1, max_batch] and seq in [1, max_seq], trying in turn:
+
+    - "bounded": named Dims; export must prove every guard over the whole range (torch 2.13 does);
+    - "bounded-deferred": the same Dims, guards it cannot prove become runtime asserts in the graph.
+      Torch 2.11 (CPU and CUDA, sdpa and eager attention alike) cannot prove the trivially true
+      `min(16*seq, 32*seq) == 16*seq` (and, CUDA sdpa, `seq*(8 + seq - seq % 8) > 1`) and raises a
+      constraint violation; deferred, the asserts always hold and the envelope is still enforced;
+    - "auto": Dim.AUTO, no envelope (the package accepts any shape).
+    """
+    from torch.export import Dim, export
+
+    bounded = {0: Dim("batch", min=1, max=max_batch) if max_batch > 1 else None,
+               1: Dim("seq", min=1, max=max_seq) if max_seq > 1 else None}
+    attempts: list[tuple[str, dict[int, Any], dict[str, bool]]] = [
+        ("bounded", bounded, {}),
+        ("bounded-deferred", bounded, {"prefer_deferred_runtime_asserts_over_guards": True}),
+        ("auto", {0: Dim.AUTO, 1: Dim.AUTO}, {}),
+    ]
+    failures: list[str] = []
+    for mode, dims, kwargs in attempts:
+        try:
+            ep = export(module, (sample,), dynamic_shapes={"input_ids": dims}, strict=False, **kwargs)
+        except Exception as e:  # torch raises several types (UserError for constraint violations)
+            failures.append(f"{mode}: {type(e).__name__}: {_violations(e)}")
+            log(f"export ({mode}) failed: {e}")
+            continue
+        batch, seq = _input_ranges(ep)
+        return ep, {"mode": mode, "batch": batch, "seq": seq, "note": "; ".join(failures) or None}
+    raise SystemExit("torch.export failed: " + "; ".join(failures))
+
+
+def compile_package(req: dict[str, Any]) -> dict[str, Any]:
+    march: str | None = _configure(req)
+    import torch
+    from torch._inductor import config as inductor_config
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    if getattr(inductor_config.cpp, "march", None) != march:  # the knob is newer than some torch releases
+        log(f"this torch ignores TORCHINDUCTOR_CPP_MARCH={march}: the C++ is built for this exact CPU")
+        march = None
+
+    package = Path(req["package"])
+    package.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    model = _load_model(req)
+    max_batch, max_seq = req["max_batch_size"], req["max_seq_len"]
+    sample = _prompt(model.config.vocab_size, min(2, max_batch), min(8, max_seq), req["device"])
+    log(f"loaded {req['checkpoint']} ({req['dtype']}, {req['device']}) in {time.perf_counter() - t0:.1f}s; "
+        f"exporting batch<={max_batch} seq<={max_seq}")
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        ep, dynamic = _export(_logits_only(model), sample, max_batch, max_seq)
+    export_s = time.perf_counter() - t1
+    log(f"exported in {export_s:.1f}s: {dynamic}; compiling (march={march}, vec isa {pick_vec_isa()})")
+    t2 = time.perf_counter()
+    out = torch._inductor.aoti_compile_and_package(ep, package_path=str(package))
+    compile_s = time.perf_counter() - t2
+    log(f"compiled {out} in {compile_s:.1f}s")
+    return {"package": str(out), "export_s": round(export_s, 2), "compile_s": round(compile_s, 2),
+            "dynamic_shapes": dynamic, "attn_implementation": ATTN_IMPLEMENTATION, "march": march,
+            "vec_isa": str(pick_vec_isa()), "isa": host_isa() if req["device"] == "cpu" else None,
+            "torch": torch.__version__}
+
+
+def validate_package(req: dict[str, Any]) -> dict[str, Any]:
+    _configure(req)
+    import torch
+
+    t0 = time.perf_counter()
+    runner = torch._inductor.aoti_load_package(req["package"])
+    model = _load_model(req)
+    vocab = model.config.vocab_size
+    b, s = req["max_batch_size"], req["max_seq_len"]
+    # a prefill-like shape, a single token, and the full batch: three points of the envelope
+    shapes = list(dict.fromkeys([(min(2, b), min(7, s)), (1, 1), (b, min(req["max_input_len"], s, 13))]))
+    abs_err = rel_err = 0.0
+    tokens: dict[str, list[int]] = {"compiled": [], "eager": []}
+    with torch.no_grad():
+        for shape in shapes:
+            ids = _prompt(vocab, *shape, req["device"])
+            got = runner(ids).double().cpu()
+            want = model(input_ids=ids, use_cache=False).logits.double().cpu()
+            if got.shape != want.shape:
+                raise SystemExit(f"package returned logits of shape {list(got.shape)} for input {list(shape)}; "
+                                 f"eager gives {list(want.shape)}")
+            err = (got - want).abs().max().item()
+            abs_err = max(abs_err, err)
+            rel_err = max(rel_err, err / max(want.abs().max().item(), 1e-30))
+            tokens["compiled"] += got[:, -1].argmax(-1).tolist()
+            tokens["eager"] += want[:, -1].argmax(-1).tolist()
+            log(f"input {list(shape)}: max_abs_err={err:.3g}")
+    tolerance = TOLERANCE[req["dtype"]]
+    tokens_match = tokens["compiled"] == tokens["eager"]
+    # near-ties may flip in half precision, so tokens must agree only in float32
+    ok = rel_err <= tolerance and (tokens_match or req["dtype"] != "float32")
+    return {"ok": ok, "max_abs_err": abs_err, "max_rel_err": rel_err, "tolerance": tolerance,
+            "tokens": tokens, "tokens_match": tokens_match, "shapes": [list(x) for x in shapes],
+            "validate_s": round(time.perf_counter() - t0, 2)}
+
+
+def main() -> None:
+    req = json.loads(Path(sys.argv[1]).read_text())
+    ops = {"compile": compile_package, "validate": validate_package}
+    if req.get("op") not in ops:
+        raise SystemExit(f"unknown op {req.get('op')!r}; expected one of {', '.join(ops)}")
+    result = ops[req["op"]](req)
+    if req.get("result"):
+        Path(req["result"]).write_text(json.dumps(result))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

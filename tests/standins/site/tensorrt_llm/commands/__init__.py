@@ -1,0 +1,1 @@
+"""Stand-in for tensorrt_llm.commands (trtllm-build lives in build.py)."""

@@ -1,0 +1,1 @@
+"""Stand-in for tensorrt_llm.llmapi (only kv_cache_type is provided)."""

@@ -1,0 +1,5 @@
+"""Stand-in for tensorrt_llm.runtime: ModelRunner."""
+
+from .model_runner import ModelRunner
+
+__all__ = ["ModelRunner"]
