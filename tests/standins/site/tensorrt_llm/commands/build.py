@@ -4,6 +4,8 @@ Test hooks (environment):
   STANDIN_TRTLLM_LOG=<file>            append one JSON line per invocation (argv, cwd, CUDA_VISIBLE_DEVICES, pid)
   STANDIN_TRTLLM_CRASH_AFTER_RANK=<r>  SIGKILL this process right after rank r's engine is written
   STANDIN_TRTLLM_SLEEP=<seconds>       sleep this long per rank (scheduling benchmarks only)
+  STANDIN_TRTLLM_STARTED_FIFO=<fifo>   after rank 0's engine is written, write a line to this FIFO and then
+                                       wait forever (until killed): lets a test kill a build mid-way, in sync
 """
 
 from __future__ import annotations
@@ -113,6 +115,11 @@ def build_and_save(rank: int, gpu_id: int, ckpt_dir: str | None, build_config: B
         time.sleep(sleep)
     engine: Engine = build(rank, gpu, ckpt_dir, model_config, build_config, model_digest)
     engine.save(output_dir)
+    fifo = os.environ.get("STANDIN_TRTLLM_STARTED_FIFO")
+    if fifo and rank == 0:
+        with open(fifo, "w") as f:
+            f.write("rank0 written\n")
+        signal.pause()
     crash = os.environ.get("STANDIN_TRTLLM_CRASH_AFTER_RANK")
     if crash is not None and crash.strip() != "" and int(crash) == rank:
         os.kill(os.getpid(), signal.SIGKILL)

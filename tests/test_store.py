@@ -1,0 +1,339 @@
+"""The shared engine store (buildlib.store): a directory and a real S3-compatible server (moto, own process)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from buildlib.manifest import Manifest, check_outputs, read_manifest, record_outputs, write_manifest
+from buildlib.store import DirStore, S3Store, Store, StoreCorrupt, StoreError, configured_store, open_store
+
+REPO = Path(__file__).resolve().parent.parent
+KEY = "0123456789abcdef0123456789abcdef"
+KEY2 = "fedcba9876543210fedcba9876543210"
+MiB = 1 << 20
+
+# A pusher in its own process: "kill-after-files N" SIGKILLs itself after N files are stored,
+# "kill-after-parts N" after N multipart parts (S3), "race" waits for a line on stdin first.
+CHILD = r"""
+import os, signal, sys
+from pathlib import Path
+from buildlib.store import open_store
+url, key, src, mode, arg = sys.argv[1:6]
+store = open_store(url, Path(src))
+count = [0]
+def die(*_a, **_k):
+    count[0] += 1
+    if count[0] >= int(arg):
+        os.kill(os.getpid(), signal.SIGKILL)
+if mode == "kill-after-files":
+    store.on_file = die
+elif mode == "kill-after-parts":
+    store.upload_config.multipart_threshold = store.upload_config.multipart_chunksize = 5 << 20
+    store.client.meta.events.register("after-call.s3.UploadPart", die)
+elif mode == "race":
+    print("ready", flush=True)
+    sys.stdin.readline()
+print(store.push(key, Path(src)), flush=True)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A real moto S3 server in its own process on a free loopback port, polled until it listens."""
+    for _ in range(3):  # the free port can be taken between probing and binding: retry on another
+        port = _free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(600):  # up to ~30 s: each poll waits 50 ms on the process itself
+            if _listening(port):
+                break
+            try:
+                proc.wait(timeout=0.05)
+                break  # it exited: port taken or moto broken
+            except subprocess.TimeoutExpired:
+                pass
+        if proc.poll() is None and _listening(port):
+            break
+        proc.kill()
+        proc.wait()
+    else:
+        pytest.fail(f"moto server did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def s3_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """AWS env pointing at moto (inherited by child pushers); isolated from ~/.aws."""
+    for k in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("BUILDLIB_S3_ENDPOINT", moto_endpoint)
+    return moto_endpoint
+
+
+@pytest.fixture(params=["dir", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "dir":
+        (tmp_path / "store").mkdir()
+        return open_store(str(tmp_path / "store"), tmp_path)
+    request.getfixturevalue("s3_env")
+    bucket = f"engines-{uuid.uuid4().hex[:12]}"
+    s = open_store(f"s3://{bucket}/fleet/v1", tmp_path)
+    assert isinstance(s, S3Store)
+    s.client.create_bucket(Bucket=bucket)
+    return s
+
+
+def make_engine(d: Path, key: str = KEY, big: int = 3 * MiB) -> Path:
+    """A published-looking engine dir: outputs (one in a subdir), build.log, validation files, manifest last."""
+    d.mkdir(parents=True)
+    (d / "config.json").write_text('{"version": "test"}\n')
+    (d / "rank0.engine").write_bytes(os.urandom(big))
+    (d / "sub").mkdir()
+    (d / "sub" / "rank1.engine").write_bytes(os.urandom(big // 3 + 1))
+    (d / "build.log").write_text("built by a test\n")
+    (d / "validation.json").write_text('{"ok": true}\n')
+    (d / "validate.log").write_text("validated\n")
+    write_manifest(d, Manifest(key, {"test": True}, record_outputs(d, None), name="test/engine"))
+    return d
+
+
+def run_child(store: Store, key: str, src: Path, mode: str, arg: int = 0, **kw: object) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-c", CHILD, store.url, key, str(src), mode, str(arg)],
+                            cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def assert_absent(store: Store, key: str, tmp_path: Path) -> None:
+    assert not store.has(key)
+    assert key not in list(store.keys())
+    dest = tmp_path / f"absent-{uuid.uuid4().hex[:6]}"
+    dest.mkdir()
+    with pytest.raises(KeyError):
+        store.pull(key, dest)
+
+
+def pull_and_verify(store: Store, key: str, src: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / f"pulled-{uuid.uuid4().hex[:6]}"
+    dest.mkdir()
+    m = store.pull(key, dest)
+    assert m.key == key
+    on_disk = read_manifest(dest)
+    assert on_disk is not None and on_disk.key == key and on_disk.outputs == m.outputs
+    assert check_outputs(dest, on_disk, None) == []
+    for rel in m.outputs:
+        assert (dest / rel).read_bytes() == (src / rel).read_bytes()
+    assert (dest / "build.log").read_text() == "built by a test\n"
+    assert not (dest / "validation.json").exists() and not (dest / "validate.log").exists()
+    return dest
+
+
+def test_push_pull_round_trip(store: Store, tmp_path: Path) -> None:
+    src = make_engine(tmp_path / "engine")
+    assert_absent(store, KEY, tmp_path)
+    seen: list[tuple[str, int]] = []
+    store.on_file = lambda rel, size: seen.append((rel, size))
+    assert store.push(KEY, src) is True
+    assert {r for r, _ in seen} == {"config.json", "rank0.engine", "sub/rank1.engine", "build.log", "manifest.json"}
+    assert store.has(KEY)
+    assert list(store.keys()) == [KEY]
+    assert store.push(KEY, src) is False  # first writer wins; nothing overwritten
+    pull_and_verify(store, KEY, src, tmp_path)
+
+
+def test_corrupt_object_is_reported(store: Store, tmp_path: Path) -> None:
+    src = make_engine(tmp_path / "engine")
+    assert store.push(KEY, src)
+    if isinstance(store, DirStore):
+        p = store.root / KEY / "rank0.engine"
+        data = bytearray(p.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        p.write_bytes(bytes(data))
+    else:
+        assert isinstance(store, S3Store)
+        objs = [k for k in store._list(f"{store.prefix}/{KEY}/") if k.endswith("/rank0.engine")]
+        assert len(objs) == 1
+        data = bytearray(store.client.get_object(Bucket=store.bucket, Key=objs[0])["Body"].read())
+        data[len(data) // 2] ^= 0xFF
+        store.client.put_object(Bucket=store.bucket, Key=objs[0], Body=bytes(data))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(StoreCorrupt, match=r"rank0\.engine"):
+        store.pull(KEY, dest)
+    assert not (dest / "manifest.json").exists()  # never looks like a finished engine
+    store.remove(KEY)  # what the caller does before rebuilding and pushing again
+    assert store.push(KEY, src)
+    pull_and_verify(store, KEY, src, tmp_path)
+
+
+def test_missing_object_is_reported(store: Store, tmp_path: Path) -> None:
+    src = make_engine(tmp_path / "engine")
+    assert store.push(KEY, src)
+    if isinstance(store, DirStore):
+        (store.root / KEY / "sub" / "rank1.engine").unlink()
+    else:
+        assert isinstance(store, S3Store)
+        obj = next(k for k in store._list(f"{store.prefix}/{KEY}/") if k.endswith("/sub/rank1.engine"))
+        store.client.delete_object(Bucket=store.bucket, Key=obj)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(StoreCorrupt, match=r"sub/rank1\.engine: missing"):
+        store.pull(KEY, dest)
+
+
+def test_killed_push_is_invisible(store: Store, tmp_path: Path) -> None:
+    src = make_engine(tmp_path / "engine")
+    child = run_child(store, KEY, src, "kill-after-files", 2)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == -signal.SIGKILL, err
+    assert_absent(store, KEY, tmp_path)
+    assert store.push(KEY, src) is True  # leftovers of the killed push do not get in the way
+    pull_and_verify(store, KEY, src, tmp_path)
+
+
+def test_killed_multipart_upload_is_invisible(s3_env: str, tmp_path: Path) -> None:
+    bucket = f"engines-{uuid.uuid4().hex[:12]}"
+    store = open_store(f"s3://{bucket}", tmp_path)
+    assert isinstance(store, S3Store)
+    store.client.create_bucket(Bucket=bucket)
+    src = make_engine(tmp_path / "engine", big=24 * MiB)  # 5 parts of 5 MiB
+    child = run_child(store, KEY, src, "kill-after-parts", 1)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == -signal.SIGKILL, err
+    assert store.client.list_multipart_uploads(Bucket=bucket).get("Uploads"), "killed mid-multipart"
+    assert_absent(store, KEY, tmp_path)
+    store.remove(KEY)  # also aborts the dangling multipart upload
+    assert not store.client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    assert store.push(KEY, src)
+    pull_and_verify(store, KEY, src, tmp_path)
+
+
+def test_concurrent_pushers_one_wins(store: Store, tmp_path: Path) -> None:
+    src = make_engine(tmp_path / "engine", big=8 * MiB)
+    children = [run_child(store, KEY, src, "race", stdin=subprocess.PIPE) for _ in range(2)]
+    for c in children:  # both have imported and opened the store: start them together
+        assert c.stdout is not None and c.stdout.readline().strip() == "ready"
+    for c in children:
+        assert c.stdin is not None
+        c.stdin.write("go\n")
+        c.stdin.flush()
+    results = []
+    for c in children:
+        out, err = c.communicate(timeout=120)
+        assert c.returncode == 0, err
+        results.append(out.strip())
+    assert sorted(results) == ["False", "True"]
+    pull_and_verify(store, KEY, src, tmp_path)
+    if isinstance(store, DirStore):
+        assert not any((store.root / ".incoming").iterdir())  # the loser discarded its copy
+    else:
+        assert isinstance(store, S3Store)
+        uploads = {k.split("/")[3] for k in store._list(f"{store.prefix}/{KEY}/") if not k.endswith("/ref.json")}
+        assert len(uploads) == 1  # the loser deleted its upload
+
+
+def test_keys_and_remove(store: Store, tmp_path: Path) -> None:
+    a = make_engine(tmp_path / "a", KEY, big=1024)
+    b = make_engine(tmp_path / "b", KEY2, big=1024)
+    assert store.push(KEY, a) and store.push(KEY2, b)
+    assert sorted(store.keys()) == [KEY, KEY2]
+    store.remove(KEY)
+    assert_absent(store, KEY, tmp_path)
+    assert list(store.keys()) == [KEY2]
+    store.remove(KEY)  # absent: nothing to do
+    pull_and_verify(store, KEY2, b, tmp_path)
+
+
+def test_push_refuses_a_dir_that_is_not_that_engine(store: Store, tmp_path: Path) -> None:
+    src = make_engine(tmp_path / "engine")
+    with pytest.raises(ValueError, match="is for key"):
+        store.push(KEY2, src)
+    (src / "rank0.engine").write_bytes(b"short")
+    with pytest.raises(ValueError, match="rebuild the engine"):
+        store.push(KEY, src)
+    with pytest.raises(ValueError, match="invalid store key"):
+        store.has("../escape")
+    assert not store.has(KEY)
+
+
+def test_manifest_of_another_key_is_corrupt(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    root.mkdir()
+    make_engine(root / KEY2, KEY)  # an entry whose manifest names another key
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(StoreCorrupt, match="names key"):
+        DirStore(root).pull(KEY2, dest)
+
+
+def test_open_store_urls(s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "st").mkdir()
+    assert isinstance(open_store(str(tmp_path / "st"), tmp_path), DirStore)
+    assert open_store(f"file://{tmp_path}/st", tmp_path).root == tmp_path / "st"  # type: ignore[attr-defined]
+    monkeypatch.chdir(tmp_path)
+    assert open_store("st", tmp_path).root == tmp_path / "st"  # type: ignore[attr-defined]
+    s3 = open_store("s3://my-bucket/a/b/", tmp_path)
+    assert isinstance(s3, S3Store) and (s3.bucket, s3.prefix, s3.url) == ("my-bucket", "a/b", "s3://my-bucket/a/b")
+    assert s3.endpoint == s3_env
+    for bad, fix in [("gs://b/x", "unsupported scheme"), ("s3:///x", "names no bucket"),
+                     ("file://nas/x", "file:///abs/path"), (str(tmp_path / "nope"), "mkdir -p"),
+                     ("  ", "set `store:`")]:
+        with pytest.raises(StoreError, match=fix):
+            open_store(bad, tmp_path)
+
+
+def test_configured_store_env_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.delenv("BUILDLIB_STORE", raising=False)
+    assert configured_store(None, tmp_path) is None
+    assert configured_store(str(tmp_path / "a"), tmp_path).url == str(tmp_path / "a")  # type: ignore[union-attr]
+    monkeypatch.setenv("BUILDLIB_STORE", str(tmp_path / "b"))
+    assert configured_store(str(tmp_path / "a"), tmp_path).url == str(tmp_path / "b")  # type: ignore[union-attr]
+    monkeypatch.setenv("BUILDLIB_STORE", "")
+    assert configured_store(str(tmp_path / "a"), tmp_path) is None
+
+
+def test_unreachable_s3_is_a_user_error(s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUILDLIB_S3_ENDPOINT", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    with pytest.raises(StoreError, match="cannot reach"):
+        open_store("s3://engines/x", tmp_path).has(KEY)
+    monkeypatch.setenv("BUILDLIB_S3_ENDPOINT", s3_env)
+    with pytest.raises(StoreError, match="does not exist"):
+        open_store(f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}", tmp_path).has(KEY)
