@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from .key import diff_fields, key_of
 from .manifest import Manifest, check_outputs, read_manifest
 from .spec import GeneratedCheckpoint, ModelSpec, Spec
 from .statcache import StatCache
+from .store import Store, configured_store
 
 FRESH, STALE, MISSING, BLOCKED = "fresh", "stale", "missing", "blocked"
 
@@ -30,6 +31,7 @@ class EngineState:
     key: str | None = None
     fields: dict[str, Any] | None = None
     blocked: str | None = None  # why this host cannot build it, even if it is stale
+    store: bool | None = None  # whether the shared store has this key (None: no store configured)
 
 
 def generated_dir(spec: Spec, ckpt: GeneratedCheckpoint) -> Path:
@@ -67,6 +69,17 @@ class Planner:
         self.cache = StatCache(spec.project.work_dir / "statcache.sqlite")
         self._digests: dict[Path, TreeDigest] = {}
         self._toolchains: dict[str, dict[str, str | None] | BackendUnavailable] = {}
+        self._store: Store | bool | None = False  # False: not opened yet
+
+    @property
+    def store(self) -> Store | None:
+        """The shared engine store (models.yaml `store:` or BUILDLIB_STORE), opened on first use."""
+        if self._store is False:
+            url = self.spec.project.store
+            if url is not None and "://" not in url and not Path(url).is_absolute():
+                url = str(self.spec.project.root / url)  # relative to models.yaml, like checkpoints
+            self._store = configured_store(url, self.spec.project.work_dir)
+        return self._store  # type: ignore[return-value]
 
     # -- inputs -------------------------------------------------------------------------------
     def engines(self) -> list[Engine]:
@@ -158,15 +171,22 @@ class Planner:
             reasons = checkpoint_reasons(m.checkpoint_files, ckpt.files) or ["checkpoint changed"]
         return reasons + diff_fields(m.fields, fields, skip=("checkpoint",)) or ["key changed"]
 
-    def plan(self) -> list[EngineState]:
-        return [self.state(e) for e in self.engines()]
+    def plan(self, with_store: bool = True) -> list[EngineState]:
+        """Every engine's state; with_store also asks the store, for each engine that is not
+        fresh, whether it has the key (many small requests, so they run on a thread pool)."""
+        states = [self.state(e) for e in self.engines()]
+        store = self.store if with_store else None
+        if store is not None:
+            ask = [s for s in states if s.key and s.state != FRESH]
+            with ThreadPoolExecutor(16) as pool:
+                for s, hit in zip(ask, pool.map(lambda s: store.has(s.key), ask), strict=True):
+                    s.store = hit
+        return states
 
 
 def state_json(s: EngineState) -> dict[str, Any]:
     return {"engine": s.engine.id, "model": s.engine.model.name, "arch": s.engine.arch,
             "tp": s.engine.tp, "pp": s.engine.pp, "backend": s.engine.model.backend,
-            "state": s.state, "reasons": s.reasons, "key": s.key}
+            "gpus": get_backend(s.engine.model.backend).gpus_needed(s.engine),
+            "state": s.state, "reasons": s.reasons, "key": s.key, "store": s.store}
 
-
-def dumps_plan(states: list[EngineState]) -> str:
-    return json.dumps([state_json(s) for s in states], indent=1)

@@ -30,7 +30,8 @@ def exit_on_user_error(fn: Callable[[], T]) -> T:
 def doit_config(models: str | Path) -> dict[str, Any]:
     """DOIT_CONFIG for a models.yaml. Parsing (and validating) it here, before doit opens its
     database, means bad input writes nothing."""
-    exit_on_user_error(lambda: planner_for(models))
+    planner = exit_on_user_error(lambda: planner_for(models))
+    exit_on_user_error(lambda: planner.store)  # a misconfigured store is bad input too
     return {
         "default_tasks": ["engines"],
         "verbosity": 2,

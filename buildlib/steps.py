@@ -3,9 +3,12 @@ Ray workers and tests call these same functions."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,9 @@ from .key import key_of
 from .manifest import Manifest, read_manifest, record_outputs, write_json_durably, write_manifest
 from .plan import BLOCKED, FRESH, Planner, checkpoint_dir
 from .publish import clean_leftovers, locked, publish, temp_dir_for
+from .sched import describe, gpu_slots
 from .spec import GeneratedCheckpoint, ModelSpec
+from .store import Store, StoreCorrupt, StoreError
 
 VALIDATION = "validation.json"
 
@@ -79,13 +84,14 @@ def convert(planner: Planner, engine: Engine) -> None:
         ckpt = planner.checkpoint(engine.model)
         assert ckpt is not None
 
-        gpus = planner.host.gpus[: backend.convert_gpus(engine)]
-        if len(gpus) < backend.convert_gpus(engine):
+        want = backend.convert_gpus(engine)
+        if want and not planner.host.gpus:
             raise BuildFailed(f"convert:{engine.convert_id} calibrates quantization on a GPU; this host has none")
 
         def make(tmp: Path) -> None:
-            backend.convert(Job(engine, checkpoint_dir(planner.spec, engine.model), None, tmp, gpus,
-                                tmp / "build.log", planner.spec.project.work_dir))
+            with gpu_slots(planner.host.gpus, want) as gpus:
+                backend.convert(Job(engine, checkpoint_dir(planner.spec, engine.model), None, tmp, gpus,
+                                    tmp / "build.log", planner.spec.project.work_dir))
 
         def finish(tmp: Path) -> None:
             write_manifest(tmp, Manifest(key, fields, record_outputs(tmp, planner.cache),
@@ -96,17 +102,32 @@ def convert(planner: Planner, engine: Engine) -> None:
         say(f"converted {engine.convert_id} in {time.monotonic() - t0:.1f}s")
 
 
-def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None) -> str:
+def _slots(planner: Planner, engine: Engine, want: int, gpus: Sequence[Gpu] | None, priority: float,
+           what: str) -> AbstractContextManager[tuple[Gpu, ...]]:
+    """The GPUs a step runs on: the ones given, or a disjoint set held for the step (buildlib.sched)."""
+    if gpus is not None:
+        return nullcontext(tuple(gpus))
+    return gpu_slots(planner.host.gpus_of(engine.arch, engine.model.gpu_name), want, priority=priority,
+                     on_wait=lambda msg: say(f"{what}: {msg}"))
+
+
+def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None, priority: float = 0.0) -> str:
     """Build one engine unless it is fresh; returns its final state (fresh/blocked).
 
     Under the per-engine lock the state is decided again, so a concurrent run that just built
-    this engine makes this call a no-op instead of a second build.
+    this engine makes this call a no-op instead of a second build. With a store configured, an
+    engine whose key is there is restored (verified) instead of built, even on a host that could
+    not build it; a built engine is pushed.
     """
     backend = get_backend(engine.model.backend)
     dest = engine.dir(planner.spec.project)
     with locked(dest):
         st = planner.state(engine)
         if st.state == FRESH:
+            return FRESH
+        store = planner.store
+        if store is not None and st.key and _restore(planner, store, st.key, dest):
+            say(f"restored {engine.id} from {store.url}")
             return FRESH
         if st.state == BLOCKED:
             say(f"{engine.id}: {st.reasons[0]}; not built here")
@@ -117,28 +138,63 @@ def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None) -
         converted = planner.converted_dir(engine) if backend.has_convert else None
         if converted is not None and read_manifest(converted) is None:
             convert(planner, engine)
-        if gpus is None:
-            host_gpus = planner.host.gpus_of(engine.arch, engine.model.gpu_name)
-            gpus = host_gpus[: backend.gpus_needed(engine)]
-        say(f"building {engine.id} ({'; '.join(st.reasons)})" + (
-            f" on GPU {','.join(str(g.index) for g in gpus)}" if gpus else ""))
-        t0 = time.monotonic()
+        with _slots(planner, engine, backend.gpus_needed(engine), gpus, priority, f"build:{engine.id}") as held:
+            say(f"building {engine.id} ({'; '.join(st.reasons)})" + (f" on {describe(held)}" if held else ""))
+            t0 = time.monotonic()
 
-        def make(tmp: Path) -> None:
-            backend.build(Job(engine, checkpoint_dir(planner.spec, engine.model), converted, tmp,
-                              tuple(gpus), tmp / "build.log", planner.spec.project.work_dir))
-            missing = backend.check_complete(engine, tmp)
-            if missing:
-                raise BuildFailed(f"build:{engine.id} produced an incomplete engine: missing {', '.join(missing)}")
+            def make(tmp: Path) -> None:
+                backend.build(Job(engine, checkpoint_dir(planner.spec, engine.model), converted, tmp,
+                                  held, tmp / "build.log", planner.spec.project.work_dir))
+                missing = backend.check_complete(engine, tmp)
+                if missing:
+                    raise BuildFailed(f"build:{engine.id} produced an incomplete engine: missing {', '.join(missing)}")
 
-        def finish(tmp: Path) -> None:
-            built = {"seconds": round(time.monotonic() - t0, 3), "gpus": [g.name for g in gpus]}
-            write_manifest(tmp, Manifest(st.key, st.fields, record_outputs(tmp, planner.cache),
-                                         {r: list(v) for r, v in ckpt.files.items()}, engine.id, built))
+            def finish(tmp: Path) -> None:
+                built = {"seconds": round(time.monotonic() - t0, 3), "gpus": [g.name for g in held],
+                         "gpu_indices": [g.index for g in held]}
+                write_manifest(tmp, Manifest(st.key, st.fields, record_outputs(tmp, planner.cache),
+                                             {r: list(v) for r, v in ckpt.files.items()}, engine.id, built))
 
-        _produce(dest, f"build:{engine.id}", make, finish)
+            _produce(dest, f"build:{engine.id}", make, finish)
         say(f"built {engine.id} in {time.monotonic() - t0:.1f}s -> {dest}")
+        if store is not None:
+            _push(store, st.key, dest, engine)
         return FRESH
+
+
+def _restore(planner: Planner, store: Store, key: str, dest: Path) -> bool:
+    """Pull key from the store into a temp dir beside dest, verifying every file, then publish.
+    A corrupt entry is reported and removed from the store (so the rebuild can replace it)."""
+    try:
+        if not store.has(key):
+            return False
+        clean_leftovers(dest)
+        tmp = temp_dir_for(dest)
+        try:
+            m = store.pull(key, tmp)
+            publish(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    except StoreCorrupt as e:
+        say(f"store entry {key} is corrupt ({e}); removing it and building instead")
+        store.remove(key)
+        return False
+    except (KeyError, StoreError) as e:
+        say(f"store {store.url} unusable for {key} ({e}); building instead")
+        return False
+    # The digests were verified while writing: remember them, so the next check is stats only.
+    planner.cache.store_many([(dest / r, os.stat(dest / r), d) for r, (_, d) in m.outputs.items()])
+    return True
+
+
+def _push(store: Store, key: str, dest: Path, engine: Engine) -> None:
+    try:
+        pushed = store.push(key, dest)
+    except StoreError as e:
+        say(f"could not push {engine.id} to {store.url}: {e}")
+        return
+    say(f"pushed {engine.id} to {store.url}" if pushed else f"{engine.id} was already in {store.url}")
 
 
 def validated(planner: Planner, engine: Engine) -> bool:
@@ -146,15 +202,14 @@ def validated(planner: Planner, engine: Engine) -> bool:
     dest = engine.dir(planner.spec.project)
     m = read_manifest(dest)
     try:
-        import json
-
         v = json.loads((dest / VALIDATION).read_text())
     except (OSError, ValueError):
         return False
     return m is not None and v.get("key") == m.key and v.get("ok") is True
 
 
-def validate(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None) -> dict[str, Any] | None:
+def validate(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None,
+             priority: float = 0.0) -> dict[str, Any] | None:
     """Load the engine and run it; record the result (keyed by the manifest key) beside it."""
     backend = get_backend(engine.model.backend)
     dest = engine.dir(planner.spec.project)
@@ -164,13 +219,12 @@ def validate(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None
             say(f"{engine.id}: {st.reasons[0]}; not validated here")
             return None
         raise BuildFailed(f"validate:{engine.id}: engine is {st.state} ({'; '.join(st.reasons)})")
-    if gpus is None:
-        gpus = planner.host.gpus_of(engine.arch, engine.model.gpu_name)[: backend.gpus_needed(engine)]
     log = dest / "validate.log"
     log.unlink(missing_ok=True)
     t0 = time.monotonic()
-    result = backend.validate(Job(engine, checkpoint_dir(planner.spec, engine.model), None, dest,
-                                  tuple(gpus), log, planner.spec.project.work_dir))
+    with _slots(planner, engine, backend.validate_gpus(engine), gpus, priority, f"validate:{engine.id}") as held:
+        result = backend.validate(Job(engine, checkpoint_dir(planner.spec, engine.model), None, dest,
+                                      held, log, planner.spec.project.work_dir))
     result = {"key": st.key, "ok": True, "seconds": round(time.monotonic() - t0, 3), **result}
     write_json_durably(dest / VALIDATION, result)
     say(f"validated {engine.id}: {_summary(result)}")

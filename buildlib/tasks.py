@@ -16,8 +16,9 @@ from doit.exceptions import TaskFailed
 from . import steps
 from .backends import get_backend
 from .engine import Engine
-from .errors import BackendUnavailable, BuildFailed
+from .errors import BackendUnavailable, BuildFailed, UserError
 from .plan import BLOCKED, FRESH, MISSING, STALE, Planner, checkpoint_dir
+from .sched import engine_expected_seconds, order_longest_first
 from .spec import GeneratedCheckpoint, ModelSpec, Project, Spec, load_spec
 
 _PLANNERS: dict[Path, Planner] = {}
@@ -94,7 +95,7 @@ def _failed_is_task_failure(fn: Callable[..., Any]) -> Callable[..., Any]:
     def action(*args: Any) -> Any:
         try:
             return fn(*args)
-        except BuildFailed as e:
+        except (BuildFailed, UserError) as e:
             return TaskFailed(str(e))
     return action
 
@@ -110,13 +111,13 @@ def convert_action(project: Project, engine: Engine) -> None:
 
 
 @_failed_is_task_failure
-def build_action(project: Project, engine: Engine) -> dict[str, Any]:
-    return {"state": steps.build(_planner(project, engine.model), engine)}
+def build_action(project: Project, engine: Engine, expected: float) -> dict[str, Any]:
+    return {"state": steps.build(_planner(project, engine.model), engine, priority=expected)}
 
 
 @_failed_is_task_failure
-def validate_action(project: Project, engine: Engine) -> dict[str, Any]:
-    result = steps.validate(_planner(project, engine.model), engine)
+def validate_action(project: Project, engine: Engine, expected: float) -> dict[str, Any]:
+    result = steps.validate(_planner(project, engine.model), engine, priority=expected)
     return {"state": BLOCKED if result is None else FRESH}
 
 
@@ -128,9 +129,14 @@ def task_dicts(planner: Planner) -> Iterator[dict[str, Any]]:
     task already known to be up to date gets a literal `True` (doit then skips it without calling
     anything, or inspecting a signature). Only tasks that may run get a callable, evaluated when
     doit reaches them (after their dependencies ran), which re-decides from the files.
+
+    Groups list their tasks longest expected build first: doit dispatches ready tasks in that
+    order, and the GPU slot allocator hands freed GPUs to the longest waiting build, so the
+    makespan stays near max(total GPU-seconds / GPUs, longest build).
     """
     project = planner.spec.project
     states = {e: planner.state(e) for e in planner.engines()}
+    expected: dict[str, float] = {}
     groups: dict[str, list[str]] = {"engines": [], "convert": [], "build": [], "validate": []}
     for model in planner.spec.models:
         if isinstance(model.checkpoint, GeneratedCheckpoint):
@@ -156,14 +162,16 @@ def task_dicts(planner: Planner) -> Iterator[dict[str, Any]]:
             deps.append(cname)
         fresh = st.state == FRESH
         bname, vname = f"build:{engine.id}", f"validate:{engine.id}"
+        secs = 0.0 if fresh else engine_expected_seconds(planner, engine)
+        expected[bname] = expected[vname] = secs
         yield {"basename": bname, "doc": f"build the {model.backend} engine", "task_dep": deps,
-               "actions": [(build_action, [project, engine])],
+               "actions": [(build_action, [project, engine, secs])],
                "uptodate": [True if fresh else EngineFresh(project, engine)]}
         final = bname
         if model.validate:
             done = fresh and steps.validated(planner, engine)
             yield {"basename": vname, "doc": "load the engine and run it", "task_dep": [bname],
-                   "actions": [(validate_action, [project, engine])],
+                   "actions": [(validate_action, [project, engine, secs])],
                    "uptodate": [True if done else EngineValidated(project, engine)]}
             groups["validate"].append(vname)
             final = vname
@@ -172,4 +180,5 @@ def task_dicts(planner: Planner) -> Iterator[dict[str, Any]]:
         groups.setdefault(engine.arch, []).append(final)
         groups["engines"].append(final)
     for name, deps in groups.items():
+        deps = order_longest_first(deps, key=lambda t: expected.get(t, 0.0))
         yield {"basename": name, "doc": f"group: {name}", "actions": None, "task_dep": deps}

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from buildlib.manifest import Manifest, check_outputs, read_manifest, record_outputs, write_manifest
 from buildlib.store import DirStore, S3Store, Store, StoreCorrupt, StoreError, configured_store, open_store
+from tests.conftest import _free_port
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "0123456789abcdef0123456789abcdef"
@@ -44,66 +43,6 @@ elif mode == "race":
     sys.stdin.readline()
 print(store.push(key, Path(src)), flush=True)
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """A real moto S3 server in its own process on a free loopback port, polled until it listens."""
-    for _ in range(3):  # the free port can be taken between probing and binding: retry on another
-        port = _free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for _ in range(600):  # up to ~30 s: each poll waits 50 ms on the process itself
-            if _listening(port):
-                break
-            try:
-                proc.wait(timeout=0.05)
-                break  # it exited: port taken or moto broken
-            except subprocess.TimeoutExpired:
-                pass
-        if proc.poll() is None and _listening(port):
-            break
-        proc.kill()
-        proc.wait()
-    else:
-        pytest.fail(f"moto server did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.fixture
-def s3_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
-    """AWS env pointing at moto (inherited by child pushers); isolated from ~/.aws."""
-    for k in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("BUILDLIB_S3_ENDPOINT", moto_endpoint)
-    return moto_endpoint
 
 
 @pytest.fixture(params=["dir", "s3"])

@@ -26,7 +26,9 @@ class Job:
 
     def visible_env(self) -> dict[str, str]:
         """CUDA_VISIBLE_DEVICES for the GPUs this step was given (and only those)."""
-        return {"CUDA_VISIBLE_DEVICES": ",".join(str(g.index) for g in self.gpus)}
+        # nvidia-smi numbers GPUs in PCI bus order; CUDA's default order is fastest-first.
+        return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+                "CUDA_VISIBLE_DEVICES": ",".join(str(g.index) for g in self.gpus)}
 
 
 class Backend(ABC):
@@ -72,6 +74,10 @@ class Backend(ABC):
     def gpus_needed(self, engine: Engine) -> int:
         """GPUs one build of this engine wants at once (the scheduler may give fewer)."""
         return 1 if GPU_ARCH_RE.match(engine.arch) else 0
+
+    def validate_gpus(self, engine: Engine) -> int:
+        """GPUs validation needs at once (trtllm: one per rank, under mpirun)."""
+        return self.gpus_needed(engine)
 
     def convert_gpus(self, engine: Engine) -> int:
         """GPUs the convert step needs (e.g. 1 for quantization that calibrates)."""

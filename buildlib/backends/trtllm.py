@@ -82,6 +82,9 @@ class TrtllmBackend(Backend):
     def gpus_needed(self, engine: Engine) -> int:
         return min(engine.world_size, engine.model.max_workers or engine.world_size)
 
+    def validate_gpus(self, engine: Engine) -> int:
+        return engine.world_size  # mpirun -n world_size: one GPU per rank
+
     def convert_gpus(self, engine: Engine) -> int:
         return 1 if needs_calibration(engine.model.quant) else 0
 
