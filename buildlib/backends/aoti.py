@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 import platform
 import shutil
 import subprocess
@@ -25,8 +26,8 @@ PACKAGE = "model.pt2"
 
 @lru_cache(maxsize=1)
 def _compiler() -> str | None:
-    """First line of `c++ --version`: AOTInductor compiles C++ with it, so it shapes the artifact."""
-    cxx = shutil.which("c++") or shutil.which("g++")
+    """`$CXX --version` (Inductor compiles with $CXX when set, else c++): it shapes the artifact."""
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if cxx is None:
         return None
     try:
