@@ -56,7 +56,7 @@ def test_second_run_does_nothing(built):
     root, _ = built
     r = doit(root, env=_env())
     assert r.returncode == 0
-    assert "building" not in r.stdout and "validated" not in r.stdout
+    assert f"building {ENGINE}" not in r.stdout and f"validated {ENGINE}" not in r.stdout
     assert f"-- build:{ENGINE}" in r.stdout
 
 
