@@ -1,0 +1,286 @@
+"""`doit gc`: list (or --remove) engine dirs, checkpoints and store entries no models.yaml entry references."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from doit.cmd_base import DoitCmdBase
+
+from .backends import get_backend
+from .errors import BackendUnavailable, UserError
+from .manifest import read_manifest
+from .plan import Planner, generated_dir
+from .plugin import exit_on_user_error
+from .publish import locked
+from .spec import GPU_ARCH_RE, GeneratedCheckpoint
+from .store import DirStore, S3Store, Store, open_store
+from .tasks import loaded_planner
+
+# Hidden files a build leaves beside its output dir X: .X.lock, .X.failed.log, .X.tmp-<id>, .X.old-<id>.
+_BESIDE = re.compile(r"^\.(?P<name>.+?)(?:\.lock|\.failed\.log|\.tmp-[0-9a-f]+|\.old-[0-9a-f]+)$")
+
+
+@dataclass
+class Garbage:
+    """One unreferenced thing: an engine dir, converted or generated checkpoint (with the files a
+    build left beside it), or a store entry."""
+
+    kind: str  # engine | checkpoint | generated | store
+    where: str  # a path, or the store URL/key
+    why: str
+    size: int | None
+    path: Path | None = None  # the local dir (may be gone, with only leftovers beside it)
+    beside: list[Path] = field(default_factory=list)
+    key: str | None = None  # for store entries
+
+
+def tree_size(p: Path) -> int:
+    """Bytes under p (lstat: links are not followed); 0 if it is gone."""
+    try:
+        st = p.lstat()
+    except OSError:
+        return 0
+    if not p.is_dir() or p.is_symlink():
+        return st.st_size
+    total = 0
+    for dirpath, _, files in os.walk(p):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+    return total
+
+
+def _grouped(parent: Path) -> Iterator[tuple[str, Path, list[Path]]]:
+    """(name, parent/name, hidden leftovers of name) for every output dir or leftover group in parent."""
+    if not parent.is_dir():
+        return
+    groups: dict[str, list[Path]] = {}
+    for p in sorted(parent.iterdir()):
+        if p.name.startswith("."):
+            m = _BESIDE.match(p.name)
+            if m:
+                groups.setdefault(m.group("name"), []).append(p)
+        elif p.is_dir():
+            groups.setdefault(p.name, [])
+    for name, beside in groups.items():
+        yield name, parent / name, beside
+
+
+def _item(kind: str, path: Path, beside: list[Path], why: str, root: Path) -> Garbage:
+    size = tree_size(path) + sum(tree_size(p) for p in beside if not p.name.endswith(".lock"))
+    try:
+        where = str(path.relative_to(root))
+    except ValueError:
+        where = str(path)
+    return Garbage(kind, where, why, size, path, beside)
+
+
+def engine_garbage(planner: Planner) -> list[Garbage]:
+    """Engine dirs `<engines_dir>/<model>/<arch>/<parallel>` that no current engine is (and what failed
+    builds left beside such dirs). A model with `archs: [cpu]` keeps every non-GPU arch dir: `cpu` is
+    each host's own ISA, and another host sharing engines/ may have built for its own."""
+    project = planner.spec.project
+    current = {e.id for e in planner.engines()}
+    cpu_parallel = {m.name: {f"tp{tp}-pp{pp}" for tp, pp in m.parallel}
+                    for m in planner.spec.models if "cpu" in m.archs}
+    models = {m.name for m in planner.spec.models}
+    out = []
+    root = project.engines_dir
+    if not root.is_dir():
+        return out
+    for mdir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for adir in sorted(p for p in mdir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for name, path, beside in _grouped(adir):
+                eid = f"{mdir.name}/{adir.name}/{name}"
+                if eid in current:
+                    continue
+                if name in cpu_parallel.get(mdir.name, ()) and not GPU_ARCH_RE.match(adir.name):
+                    continue
+                if mdir.name not in models:
+                    why = f"model {mdir.name} is not in {project.models_path.name}"
+                elif not any(e.startswith(f"{mdir.name}/{adir.name}/") for e in current):
+                    why = f"{mdir.name} is not built for {adir.name}"
+                else:
+                    why = f"{mdir.name} has no {name} config for {adir.name}"
+                out.append(_item("engine", path, beside, why, project.root))
+    return out
+
+
+def checkpoint_garbage(planner: Planner) -> list[Garbage]:
+    """Converted checkpoints `<work_dir>/checkpoints/<key>` that no current engine converts to, and
+    generated checkpoints `<work_dir>/generated/<name>` no current model uses.
+
+    Conservative where a key cannot be computed here (toolchain missing, checkpoint not generated):
+    a converted checkpoint whose manifest names such an engine's conversion is kept."""
+    project, spec = planner.spec.project, planner.spec
+    wanted: set[str] = set()
+    unknown: set[str] = set()  # convert ids whose key cannot be computed here
+    for e in planner.engines():
+        if not get_backend(e.model.backend).has_convert:
+            continue
+        try:
+            d = planner.converted_dir(e)
+        except BackendUnavailable:
+            d = None
+        if d is None:
+            unknown.add(e.convert_id)
+        else:
+            wanted.add(d.name)
+    out = []
+    for name, path, beside in _grouped(project.work_dir / "checkpoints"):
+        if name in wanted:
+            continue
+        m = read_manifest(path)
+        if m is not None and m.name in unknown:
+            continue
+        why = f"was {m.name}; no current engine converts to it" if m else "no current engine converts to it"
+        out.append(_item("checkpoint", path, beside, why, project.root))
+    gen = {generated_dir(spec, m.checkpoint).name for m in spec.models if isinstance(m.checkpoint, GeneratedCheckpoint)}
+    for name, path, beside in _grouped(project.work_dir / "generated"):
+        if name not in gen:
+            out.append(_item("generated", path, beside, "no current model uses this generated checkpoint",
+                             project.root))
+    return out
+
+
+def store_garbage(planner: Planner, store: Store) -> list[Garbage]:
+    """Store entries whose key is no current engine's key. Refused (UserError) while some engine's key
+    cannot be computed here: its entry would look unreferenced and be deleted for every other user."""
+    current: set[str] = set()
+    unknown = []
+    for e in planner.engines():
+        s = planner.state(e)
+        if s.key is None:
+            unknown.append(f"{e.id} ({'; '.join(s.reasons)})")
+        else:
+            current.add(s.key)
+    if unknown:
+        raise UserError(f"cannot compute the keys of {len(unknown)} engine(s) here, e.g. {unknown[0]}; run "
+                        "`doit gc --store` where every backend's toolchain is installed and generated checkpoints "
+                        "exist (`doit checkpoint`), or leave --store out to collect local files only")
+    published = store.keys()  # Store.keys(): published entry keys (not a dict)
+    stale = [k for k in published if k not in current]
+    with ThreadPoolExecutor(8) as pool:
+        sizes = list(pool.map(lambda k: entry_size(store, k), stale))
+    return [Garbage("store", f"{store.url}/{k}", "no current engine has this key", size, key=k)
+            for k, size in zip(stale, sizes, strict=True)]
+
+
+def entry_size(store: Store, key: str) -> int | None:
+    """Bytes of a store entry, where the backend can tell cheaply."""
+    try:
+        if isinstance(store, DirStore):
+            return tree_size(store.root / key)
+        if isinstance(store, S3Store):
+            ref = store._ref(key)
+            return sum(int(v) for v in ref["files"].values()) if ref else None
+    except Exception:
+        return None
+    return None
+
+
+def _discard(path: Path) -> None:
+    """Make path vanish at once (rename beside it), then delete it."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_dir() and not path.is_symlink():
+        trash = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:12]}"
+        os.rename(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove(g: Garbage, store: Store | None, stop: Path) -> None:
+    """Delete one item: a local dir under its build lock (so no running build is cut), then the
+    lock file itself and the parents it leaves empty (up to `stop`); a store entry via Store.remove."""
+    if g.kind == "store":
+        assert store is not None and g.key is not None
+        store.remove(g.key)
+        return
+    assert g.path is not None
+    with locked(g.path):
+        _discard(g.path)
+        for p in g.beside:
+            if not p.name.endswith(".lock"):
+                _discard(p)
+    (g.path.parent / f".{g.path.name}.lock").unlink(missing_ok=True)
+    parent = g.path.parent
+    while parent != stop and stop in parent.parents:
+        try:
+            parent.rmdir()
+        except OSError:
+            break
+        parent = parent.parent
+
+
+def human(n: int | None) -> str:
+    if n is None:
+        return "?"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+opt_remove = {"name": "remove", "long": "remove", "type": bool, "default": False,
+              "help": "delete what is listed (default: a dry run that only lists it)"}
+opt_store = {"name": "store", "long": "store", "type": str, "default": "",
+             "help": "also collect this store (a path or s3://bucket/prefix). Off by default: a shared store "
+                     "serves other branches and checkouts, whose engines this models.yaml does not reference"}
+
+
+class GcCmd(DoitCmdBase):
+    """Garbage collection of what no current models.yaml entry references."""
+
+    name = "gc"
+    doc_purpose = "list (or --remove) engine dirs, checkpoints and store entries that models.yaml no longer uses"
+    doc_usage = "[--remove] [--store URL]"
+    doc_description = (
+        "Unreferenced = an engine dir <engines>/<model>/<arch>/<tpN-ppM> that is no current engine\n"
+        "(its model, arch or parallel config left models.yaml), a converted checkpoint in\n"
+        "<work_dir>/checkpoints/<key> no current engine converts to, a generated checkpoint no model\n"
+        "uses, and with --store URL a store entry whose key is no current engine's key. A stale engine\n"
+        "that is still in models.yaml is not garbage: the next build replaces it.\n"
+        "Dry run by default; --remove deletes (engine dirs under their build lock).")
+    cmd_options = (opt_remove, opt_store)
+
+    def _execute(self, remove: bool, store: str, pos_args: list[str] | None = None) -> int:
+        return exit_on_user_error(lambda: self._run(remove, store, pos_args or []))
+
+    def _run(self, do_remove: bool, store_url: str, pos_args: list[str]) -> int:
+        if pos_args:
+            raise UserError(f"doit gc takes no positional arguments (got {' '.join(pos_args)}); "
+                            "use --remove to delete, --store URL to include a store")
+        planner = loaded_planner()
+        project = planner.spec.project
+        store = open_store(store_url, project.work_dir) if store_url else None
+        items = engine_garbage(planner) + checkpoint_garbage(planner)
+        if store is not None:
+            items += store_garbage(planner, store)
+        w = max((len(g.kind) for g in items), default=0)
+        for g in items:
+            if do_remove:
+                stop = project.engines_dir if g.kind == "engine" else (g.path.parent if g.path else project.root)
+                remove(g, store, stop)
+            verb = "removed" if do_remove else "would remove"
+            self.outstream.write(f"{verb} {g.kind:<{w}} {human(g.size):>10}  {g.where}  ({g.why})\n")
+        total = sum(g.size or 0 for g in items)
+        if not items:
+            self.outstream.write("nothing to collect: every engine dir and checkpoint is referenced\n")
+        elif do_remove:
+            self.outstream.write(f"{len(items)} item(s) removed, {human(total)} freed\n")
+        else:
+            self.outstream.write(f"{len(items)} item(s), {human(total)} would be freed; "
+                                 "run `doit gc --remove` to delete them\n")
+        return 0
