@@ -210,3 +210,29 @@ def test_killed_doit_run_leaves_no_engine_that_looks_fresh(tmp_path, standins):
     edir = root / "engines/llama/sm90/tp2-pp1"
     assert not (edir / "manifest.json").exists()
     assert plan(root, standins())["llama/sm90/tp2-pp1"]["state"] == "missing"
+
+
+def test_quantized_variants_convert_and_build(tmp_path, standins):
+    """fp8 (ModelOpt calibration on a GPU, via the model class's quantize()) and int4 weight-only
+    (from_hugging_face on CPU) both reach the checkpoint config and the engine key."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    write_hf_checkpoint(root / "ckpt/llama", shards=2, seed=5)
+    (root / "models.yaml").write_text(
+        "defaults: {backend: trtllm, archs: [sm90], build: {max_batch_size: 8}}\n"
+        "models:\n"
+        "  - {name: fp8, checkpoint: ckpt/llama, quantization: {algo: fp8, kv_cache: fp8}}\n"
+        "  - {name: int4, checkpoint: ckpt/llama, quantization: int4_wo}\n")
+    (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
+    env = standins()
+    r = doit(root, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    states = plan(root, env)
+    assert {v["state"] for v in states.values()} == {"fresh"}
+    quant = {}
+    for name in ("fp8", "int4"):
+        m = json.loads((root / f"engines/{name}/sm90/tp1-pp1/manifest.json").read_text())
+        quant[name] = m["fields"]["convert"]["quantization"]
+        cfg = json.loads((root / f"engines/{name}/sm90/tp1-pp1/config.json").read_text())
+        assert cfg["pretrained_config"]["quantization"]["quant_algo"] == quant[name]["algo"]
+    assert quant == {"fp8": {"algo": "FP8", "kv_cache": "FP8"}, "int4": {"algo": "W4A16", "kv_cache": None}}
