@@ -33,10 +33,28 @@ class Manifest:
                 "checkpoint_files": self.checkpoint_files, "outputs": self.outputs, "built": self.built}
 
 
+# Parsed manifests by (path, dev, inode, size, mtime_ns, ctime_ns): a no-op reads each engine's manifest once
+# per process even though state() and validated() both ask. Manifests are replaced by rename (new inode).
+_READ: dict[tuple, dict[str, Any]] = {}
+
+
+def _load(path: str) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        k = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        data = _READ.get(k)
+        if data is None:
+            data = json.loads(f.read())
+            if len(_READ) > 20_000:
+                _READ.clear()
+            _READ[k] = data
+    return data
+
+
 def read_manifest(engine_dir: Path) -> Manifest | None:
     """The manifest of an engine dir, or None if absent or unreadable (then it is not fresh)."""
     try:
-        data = json.loads((engine_dir / MANIFEST).read_text())
+        data = _load(os.path.join(engine_dir, MANIFEST))
         if data.get("schema") != SCHEMA:
             return None
         return Manifest(key=data["key"], fields=data["fields"], outputs=data["outputs"],
@@ -62,9 +80,11 @@ def check_outputs(engine_dir: Path, m: Manifest, cache: StatCache | None) -> lis
     changed is re-read.
     """
     reasons: list[str] = []
-    present: list[Path] = []
+    present: list[tuple[str, os.stat_result]] = []
+    rels: list[str] = []
+    base = os.fspath(engine_dir)
     for rel, (size, _) in m.outputs.items():
-        p = engine_dir / rel
+        p = os.path.join(base, rel)
         try:
             st = os.stat(p)
         except OSError:
@@ -73,10 +93,14 @@ def check_outputs(engine_dir: Path, m: Manifest, cache: StatCache | None) -> lis
         if st.st_size != size:
             reasons.append(f"output {rel} altered (size {size} -> {st.st_size})")
         else:
-            present.append(p)
-    for p, (_, d) in digest_files(present, cache).items():
-        rel = p.relative_to(engine_dir).as_posix()
-        if d != m.outputs[rel][1]:
+            present.append((p, st))
+            rels.append(rel)
+    # One batched stat-cache query with the stats just taken; only outputs whose stat changed are re-read.
+    hits = cache.lookup_many(present) if cache and present else [None] * len(present)
+    unknown = [Path(p) for (p, _), d in zip(present, hits, strict=True) if d is None]
+    got = {os.fspath(p): d for p, (_, d) in digest_files(unknown, cache).items()} if unknown else {}
+    for rel, (p, _), d in zip(rels, present, hits, strict=True):
+        if (d or got[p]) != m.outputs[rel][1]:
             reasons.append(f"output {rel} altered")
     return reasons
 

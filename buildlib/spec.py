@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pickle
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -167,17 +169,100 @@ def _field_name(at: tuple) -> str:
     return out
 
 
-def load_spec(models_path: Path | str) -> Spec:
-    """Read and validate models.yaml. Raises SpecError naming file, line and field."""
-    from .backends import get_backend  # backends import spec types; avoid an import cycle
+# -- parse cache ----------------------------------------------------------------------------------------------
+# A 1,000-engine models.yaml takes ~0.1-1 s to parse and validate; a no-op run must not pay that. The validated
+# Spec is pickled under the work dir, keyed by: this schema, buildlib's version and recipe, the source files that
+# define the option tables and validation rules (size + mtime_ns), models.yaml's path and an xxh3 of its bytes.
+# On a hit, checkpoint dirs are re-checked (one stat each), so a removed dir still gets its file:line error.
+SPEC_CACHE_SCHEMA = 1
+SPEC_CACHE = "spec-cache.pickle"
+_TOP_WORK_DIR = re.compile(r"^work_dir:[ \t]*['\"]?([^'\"#\s]+)", re.M)
 
+
+def _code_fingerprint() -> list:
+    from . import RECIPE_VERSION, __version__
+
+    here = Path(__file__).parent
+    out: list = [SPEC_CACHE_SCHEMA, __version__, RECIPE_VERSION]
+    for name in ("spec.py", "errors.py", "backends/__init__.py", "backends/base.py", "backends/trtllm.py",
+                 "backends/trtllm_options.py", "backends/aoti.py"):
+        try:
+            st = os.stat(here / name)
+            out.append((name, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((name, None))
+    return out
+
+
+def spec_cache_path(path: Path, text: str) -> Path:
+    """Where the parsed spec of this models.yaml is cached: `<work_dir>/spec-cache.pickle` (work_dir read with a
+    regex before parsing; a wrong guess only costs a cache miss, since the entry is keyed by the file's bytes)."""
+    m = _TOP_WORK_DIR.search(text)
+    return path.parent / (m.group(1) if m else ".buildlib") / SPEC_CACHE
+
+
+def _cache_key(path: Path, data: bytes) -> str:
+    import xxhash
+
+    from .key import canonical_json
+
+    return xxhash.xxh3_128_hexdigest(canonical_json([_code_fingerprint(), str(path)]).encode() + b"\0" + data)
+
+
+def _cached_spec(cache: Path, key: str) -> Spec | None:
+    try:
+        with open(cache, "rb") as f:
+            got_key, spec = pickle.load(f)
+    except Exception:  # absent, truncated, from another Python: just parse
+        return None
+    if got_key != key or not isinstance(spec, Spec):
+        return None
+    for m in spec.models:
+        if isinstance(m.checkpoint, Path) and not m.checkpoint.is_dir():
+            return None  # re-parse: it raises the file:line error
+    return spec
+
+
+def _store_spec(cache: Path, key: str, spec: Spec) -> None:
+    """Atomically (temp file + rename); a failure to write only means the next run parses again."""
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            pickle.dump((key, spec), f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, cache)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def load_spec(models_path: Path | str, use_cache: bool = True) -> Spec:
+    """Read and validate models.yaml. Raises SpecError naming file, line and field.
+
+    The validated result is cached (see SPEC_CACHE): an unchanged models.yaml costs a read, an xxh3 and an
+    unpickle. Nothing is written for bad input."""
     path = Path(models_path).absolute()
     try:
-        text = path.read_text()
+        data = path.read_bytes()
+        text = data.decode()
     except FileNotFoundError:
         raise SpecError("file not found (run doit where models.yaml is, or pass its path)", Where(path)) from None
     except OSError as e:
         raise SpecError(f"cannot read: {e.strerror}", Where(path)) from None
+    except UnicodeDecodeError as e:
+        raise SpecError(f"not valid UTF-8: {e.reason} at byte {e.start}", Where(path)) from None
+    if not use_cache:
+        return _parse(path, text)
+    cache, key = spec_cache_path(path, text), _cache_key(path, data)
+    spec = _cached_spec(cache, key)
+    if spec is None:
+        spec = _parse(path, text)
+        _store_spec(spec.project.work_dir / SPEC_CACHE, key, spec)
+    return spec
+
+
+def _parse(path: Path, text: str) -> Spec:
+    from .backends import get_backend  # backends import spec types; avoid an import cycle
+
     doc = _Doc(path, text)
     top = doc.value
     if not isinstance(top, dict):

@@ -48,6 +48,25 @@ class StatCache:
             return row[5]
         return None
 
+    def lookup_many(self, items: list[tuple[Path | str, os.stat_result]]) -> list[str | None]:
+        """lookup() for many files in a few queries (one per 500 paths): a no-op over thousands of files
+        costs their stats plus a handful of sqlite round trips."""
+        rows: dict[str, tuple] = {}
+        keys = [os.fspath(p) for p, _ in items]
+        uniq = list(dict.fromkeys(keys))
+        for i in range(0, len(uniq), 500):
+            chunk = uniq[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            q = f"SELECT path, dev, ino, size, mtime_ns, ctime_ns, digest FROM files WHERE path IN ({marks})"
+            for r in self._db.execute(q, chunk):
+                rows[r[0]] = r[1:]
+        out: list[str | None] = []
+        for k, (_, st) in zip(keys, items, strict=True):
+            row = rows.get(k)
+            ok = row is not None and row[:5] == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            out.append(row[5] if ok else None)  # type: ignore[index]
+        return out
+
     def store_many(self, entries: list[tuple[Path, os.stat_result, str]]) -> None:
         now = time.time_ns()
         rows = [
