@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .backends import get_backend
 from .errors import BackendUnavailable, UserError
 from .manifest import MANIFEST, read_manifest
 from .plan import BLOCKED, FRESH, MISSING, STALE, EngineState, Planner
@@ -157,8 +158,10 @@ def _validate_result(planner: Planner, s: EngineState, build: Result) -> Result:
     log = edir / VALIDATE_LOG
     if log.is_file():  # a publish replaces the whole dir, so this log is of the current engine
         return Result("validate", eid, FAILED, message=f"validation failed; log: {log}", detail=log_tail(log))
-    if s.blocked or s.state == BLOCKED:  # this host cannot run it (wrong arch, no toolchain)
-        return Result("validate", eid, SKIPPED, message=s.blocked or (s.reasons[0] if s.reasons else "blocked"))
+    # this host cannot run it (wrong arch, no toolchain); a fresh engine's state does not say so
+    blocked = s.blocked or get_backend(s.engine.model.backend).blocked_reason(s.engine, planner.host)
+    if blocked or s.state == BLOCKED:
+        return Result("validate", eid, SKIPPED, message=blocked or (s.reasons[0] if s.reasons else "blocked"))
     return Result("validate", eid, FAILED, message="not validated; see the doit output")
 
 

@@ -16,7 +16,7 @@ from .gpu import Host, detect_host
 from .hashing import TreeDigest, tree_digest
 from .key import diff_fields, key_of
 from .manifest import Manifest, check_outputs, read_manifest
-from .spec import GeneratedCheckpoint, ModelSpec, Spec
+from .spec import GPU_ARCH_RE, GeneratedCheckpoint, ModelSpec, Spec
 from .statcache import StatCache
 from .store import Store, configured_store
 
@@ -65,11 +65,19 @@ class Planner:
 
     def __init__(self, spec: Spec, host: Host | None = None):
         self.spec = spec
-        self.host = host if host is not None else detect_host()
+        self._host = host
         self.cache = StatCache(spec.project.work_dir / "statcache.sqlite")
         self._digests: dict[Path, TreeDigest] = {}
         self._toolchains: dict[str, dict[str, str | None] | BackendUnavailable] = {}
         self._store: Store | bool | None = False  # False: not opened yet
+
+    @property
+    def host(self) -> Host:
+        """This host's GPUs and CPU ISA, probed (nvidia-smi) on first use: a no-op run over GPU archs
+        whose engines are all fresh never needs it."""
+        if self._host is None:
+            self._host = detect_host()
+        return self._host
 
     @property
     def store(self) -> Store | None:
@@ -86,7 +94,7 @@ class Planner:
         out = []
         for m in self.spec.models:
             backend = get_backend(m.backend)
-            archs = dict.fromkeys(backend.expand_arch(a, self.host) for a in m.archs)
+            archs = dict.fromkeys(a if GPU_ARCH_RE.match(a) else backend.expand_arch(a, self.host) for a in m.archs)
             out.extend(Engine(m, a, tp, pp) for a in archs for tp, pp in m.parallel)
         return out
 
@@ -139,13 +147,13 @@ class Planner:
         missing/stale: not built, or built from other inputs (reasons per field).
         blocked: would need building, but this host cannot (wrong arch, no toolchain)."""
         backend = get_backend(engine.model.backend)
-        blocked = backend.blocked_reason(engine, self.host)
         try:
             fields = self.engine_fields(engine)
         except BackendUnavailable as e:
             return EngineState(engine, BLOCKED, [e.message], blocked=e.message)
         edir = engine.dir(self.spec.project)
         if fields is None:
+            blocked = backend.blocked_reason(engine, self.host)
             reasons = [blocked] if blocked else []
             return EngineState(engine, BLOCKED if blocked else MISSING,
                                [*reasons, "checkpoint not generated yet"], blocked=blocked)
@@ -158,6 +166,7 @@ class Planner:
             if not reasons:
                 reasons = check_outputs(edir, m, self.cache)
             state = STALE if reasons else FRESH
+        blocked = None if state == FRESH else backend.blocked_reason(engine, self.host)
         if state != FRESH and blocked:
             return EngineState(engine, BLOCKED, [blocked, *reasons], key, fields, blocked)
         return EngineState(engine, state, reasons, key, fields, blocked)

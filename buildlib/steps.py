@@ -219,6 +219,10 @@ def validate(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None
             say(f"{engine.id}: {st.reasons[0]}; not validated here")
             return None
         raise BuildFailed(f"validate:{engine.id}: engine is {st.state} ({'; '.join(st.reasons)})")
+    blocked = backend.blocked_reason(engine, planner.host)
+    if blocked:  # e.g. restored from the store on a host without that GPU arch
+        say(f"{engine.id}: {blocked}; not validated here")
+        return None
     log = dest / "validate.log"
     log.unlink(missing_ok=True)
     t0 = time.monotonic()

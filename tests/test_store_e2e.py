@@ -93,3 +93,21 @@ def test_corrupt_store_entry_is_detected_and_rebuilt(tmp_path: Path, standins):
     third = _clone(tmp_path / "ci-3")
     r = doit(third, env=env)  # the rebuilt engine was pushed again: everything restores now
     assert r.stdout.count("restored ") == 3, r.stdout
+
+
+def test_host_without_the_arch_restores_and_does_not_fail(tmp_path: Path, standins):
+    """A CPU-only runner (no GPU at all) restores sm90 engines from the store; validation of an
+    engine it cannot run is reported as needing an sm90 host, not failed."""
+    store = tmp_path / "store"
+    store.mkdir()
+    gpu_env = {**standins(), "BUILDLIB_STORE": str(store)}
+    assert doit(_clone(tmp_path / "gpu-box"), env=gpu_env).returncode == 0
+    cpu_env = {**standins(gpus=[]), "BUILDLIB_STORE": str(store), "STANDIN_TRTLLM_LOG": gpu_env["STANDIN_TRTLLM_LOG"]}
+    laptop = _clone(tmp_path / "laptop")
+    n = len(built_engines(gpu_env))
+    r = doit(laptop, env=cpu_env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(built_engines(gpu_env)) == n
+    assert r.stdout.count("restored ") == 3
+    assert r.stdout.count("needs an sm90 host; not validated here") == 3
+    assert {v["state"] for v in plan(laptop, cpu_env).values()} == {"fresh"}
