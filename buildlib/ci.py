@@ -15,6 +15,7 @@ from .backends import get_backend
 from .errors import BackendUnavailable, UserError
 from .manifest import MANIFEST, read_manifest
 from .plan import BLOCKED, FRESH, MISSING, STALE, EngineState, Planner
+from .publish import failed_log
 
 VALIDATION = "validation.json"  # as steps.VALIDATION
 VALIDATE_LOG = "validate.log"
@@ -90,11 +91,6 @@ class Result:
     @property
     def name(self) -> str:
         return f"{self.task}:{self.engine}"
-
-
-def failed_log(dest: Path) -> Path:
-    """Where a failed build/convert left its log (as steps._produce does): `.<name>.failed.log` beside dest."""
-    return dest.parent / f".{dest.name}.failed.log"
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES, chars: int = LOG_TAIL_CHARS) -> str:

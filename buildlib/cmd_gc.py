@@ -6,7 +6,6 @@ import contextlib
 import os
 import re
 import shutil
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from .errors import BackendUnavailable, UserError
 from .manifest import read_manifest
 from .plan import Planner, generated_dir
 from .plugin import exit_on_user_error
-from .publish import locked
+from .publish import aside_path, lock_path, locked
 from .spec import GPU_ARCH_RE, GeneratedCheckpoint
 from .store import DirStore, S3Store, Store, open_store
 from .tasks import loaded_planner
@@ -192,7 +191,7 @@ def _discard(path: Path) -> None:
     if not path.exists() and not path.is_symlink():
         return
     if path.is_dir() and not path.is_symlink():
-        trash = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:12]}"
+        trash = aside_path(path)
         os.rename(path, trash)
         shutil.rmtree(trash, ignore_errors=True)
     else:
@@ -212,7 +211,7 @@ def remove(g: Garbage, store: Store | None, stop: Path) -> None:
         for p in g.beside:
             if not p.name.endswith(".lock"):
                 _discard(p)
-    (g.path.parent / f".{g.path.name}.lock").unlink(missing_ok=True)
+    lock_path(g.path).unlink(missing_ok=True)
     parent = g.path.parent
     while parent != stop and stop in parent.parents:
         try:

@@ -31,6 +31,21 @@ def fsync_tree(root: Path) -> None:
         fsync_dir(Path(dirpath))
 
 
+def lock_path(dest: Path) -> Path:
+    """`.<name>.lock` beside dest: the file `locked(dest)` holds."""
+    return dest.parent / f".{dest.name}.lock"
+
+
+def failed_log(dest: Path) -> Path:
+    """`.<name>.failed.log` beside dest: the log a failed build of dest leaves for the user and CI."""
+    return dest.parent / f".{dest.name}.failed.log"
+
+
+def aside_path(dest: Path) -> Path:
+    """A fresh `.<name>.old-<id>` beside dest: where dest is renamed before it is deleted."""
+    return dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:12]}"
+
+
 def temp_dir_for(dest: Path) -> Path:
     """A fresh temp dir beside dest (same filesystem, so the final rename is atomic)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -54,7 +69,7 @@ def publish(tmp: Path, dest: Path) -> None:
     fsync_tree(tmp)
     old = None
     if dest.exists():
-        old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:12]}"
+        old = aside_path(dest)
         os.rename(dest, old)
     os.rename(tmp, dest)
     fsync_dir(dest.parent)
@@ -68,7 +83,7 @@ def locked(dest: Path) -> Iterator[None]:
     hosts sharing a POSIX filesystem, so two concurrent runs never build one engine twice.
     The OS releases it if the holder dies."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(dest.parent / f".{dest.name}.lock", "a+") as f:
+    with open(lock_path(dest), "a+") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
             yield

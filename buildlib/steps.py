@@ -20,7 +20,7 @@ from .gpu import Gpu
 from .key import key_of
 from .manifest import Manifest, read_manifest, record_outputs, write_json_durably, write_manifest
 from .plan import BLOCKED, FRESH, Planner, checkpoint_dir
-from .publish import clean_leftovers, locked, publish, temp_dir_for
+from .publish import clean_leftovers, failed_log, locked, publish, temp_dir_for
 from .sched import describe, gpu_slots
 from .spec import GeneratedCheckpoint, ModelSpec
 from .store import Store, StoreCorrupt, StoreError
@@ -47,10 +47,6 @@ def generate_checkpoint(planner: Planner, model: ModelSpec) -> None:
     planner.forget_checkpoint(model)
 
 
-def _failed_log(dest: Path) -> Path:
-    return dest.parent / f".{dest.name}.failed.log"
-
-
 def _produce(dest: Path, what: str, make: Any, finish: Any) -> None:
     """Run make(tmp) in a temp dir beside dest, then finish(tmp) (writes the manifest, last), then
     publish. On failure the temp dir goes away and its log is kept beside dest."""
@@ -63,10 +59,10 @@ def _produce(dest: Path, what: str, make: Any, finish: Any) -> None:
     except BaseException:
         log = tmp / "build.log"
         if log.exists():
-            shutil.copyfile(log, _failed_log(dest))
+            shutil.copyfile(log, failed_log(dest))
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _failed_log(dest).unlink(missing_ok=True)
+    failed_log(dest).unlink(missing_ok=True)
 
 
 def convert(planner: Planner, engine: Engine) -> None:
