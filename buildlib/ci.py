@@ -13,11 +13,10 @@ from typing import Any
 
 from .backends import get_backend
 from .errors import BackendUnavailable, UserError
-from .manifest import MANIFEST, read_manifest
+from .manifest import MANIFEST, VALIDATION, read_manifest
 from .plan import BLOCKED, FRESH, MISSING, STALE, EngineState, Planner
 from .publish import failed_log
 
-VALIDATION = "validation.json"  # as steps.VALIDATION
 VALIDATE_LOG = "validate.log"
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 LOG_TAIL_LINES = 60

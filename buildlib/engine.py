@@ -34,4 +34,4 @@ class Engine:
         return f"{self.model.name}/{self.parallel}"
 
     def dir(self, project: Project) -> Path:
-        return project.engines_dir / self.model.name / self.arch / self.parallel
+        return project.engines_dir / self.id  # the id is the layout: <model>/<arch>/tp<N>-pp<M>

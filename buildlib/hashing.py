@@ -105,7 +105,17 @@ def merkle(files: dict[str, tuple[int, str]]) -> str:
 
 def tree_digest(root: Path, cache: StatCache | None = None) -> TreeDigest:
     """Merkle digest over (sorted relpath, size, xxh3 of each file) of a checkpoint dir."""
-    paths = list_files(root)
-    got = digest_files(paths, cache)
-    files = {p.relative_to(root).as_posix(): got[p] for p in paths}
-    return TreeDigest(merkle(files), files)
+    return tree_digests([root], cache)[root]
+
+
+def tree_digests(roots: list[Path], cache: StatCache | None = None) -> dict[Path, TreeDigest]:
+    """tree_digest of each root, with all their files in one digest_files call: one batched stat-cache
+    lookup for a whole fleet's checkpoints, and new files hashed in parallel across checkpoints."""
+    listed = {root: list_files(root) for root in roots}
+    got = digest_files([p for paths in listed.values() for p in paths], cache)
+    out = {}
+    for root, paths in listed.items():
+        cut = len(root.as_posix().rstrip("/")) + 1  # list_files yields root/...: slicing is Path.relative_to, faster
+        files = {p.as_posix()[cut:]: got[p] for p in paths}
+        out[root] = TreeDigest(merkle(files), files)
+    return out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,9 +13,10 @@ from .hashing import digest_files, list_files
 from .statcache import StatCache
 
 MANIFEST = "manifest.json"
+VALIDATION = "validation.json"  # written by a successful validation run: {"key": <manifest key>, "ok": true, ...}
 SCHEMA = 1
 # Files in an engine dir that are records about the build, not outputs of it.
-NOT_OUTPUTS = frozenset({MANIFEST, "build.log", "validation.json", "validate.log"})
+NOT_OUTPUTS = frozenset({MANIFEST, "build.log", VALIDATION, "validate.log"})
 
 
 @dataclass
@@ -27,6 +27,7 @@ class Manifest:
     checkpoint_files: dict[str, list] = field(default_factory=dict)  # relpath -> [size, xxh3-128]
     name: str = ""
     built: dict[str, Any] = field(default_factory=dict)
+    stat: os.stat_result | None = field(default=None, compare=False)  # of the file it was read from
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "name": self.name, "key": self.key, "fields": self.fields,
@@ -38,7 +39,8 @@ class Manifest:
 _READ: dict[tuple, dict[str, Any]] = {}
 
 
-def _load(path: str) -> dict[str, Any]:
+def _load(path: str) -> tuple[dict[str, Any], os.stat_result]:
+    """The parsed file and the stat of the very file that was read (fstat: no window for a rename between)."""
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
         k = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
@@ -48,20 +50,30 @@ def _load(path: str) -> dict[str, Any]:
             if len(_READ) > 20_000:
                 _READ.clear()
             _READ[k] = data
-    return data
+    return data, st
 
 
 def read_manifest(engine_dir: Path) -> Manifest | None:
     """The manifest of an engine dir, or None if absent or unreadable (then it is not fresh)."""
     try:
-        data = _load(os.path.join(engine_dir, MANIFEST))
+        data, st = _load(os.path.join(engine_dir, MANIFEST))
         if data.get("schema") != SCHEMA:
             return None
         return Manifest(key=data["key"], fields=data["fields"], outputs=data["outputs"],
                         checkpoint_files=data.get("checkpoint_files", {}), name=data.get("name", ""),
-                        built=data.get("built", {}))
+                        built=data.get("built", {}), stat=st)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def validation_vouches(engine_dir: Path, key: str) -> bool:
+    """True when the dir's validation.json vouches for an engine with this key."""
+    try:
+        with open(os.path.join(engine_dir, VALIDATION), "rb") as f:
+            v = json.loads(f.read())
+    except (OSError, ValueError):
+        return False
+    return isinstance(v, dict) and v.get("key") == key and v.get("ok") is True
 
 
 def output_files(out_dir: Path) -> list[Path]:
@@ -118,5 +130,5 @@ def write_json_durably(path: Path, data: dict[str, Any]) -> None:
 
 def write_manifest(out_dir: Path, m: Manifest) -> None:
     m.built.setdefault("at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    m.built.setdefault("host", socket.gethostname())
+    m.built.setdefault("host", os.uname().nodename)
     write_json_durably(out_dir / MANIFEST, m.to_json())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,14 +15,13 @@ from .backends.base import Backend
 from .engine import Engine
 from .errors import BackendUnavailable
 from .gpu import Host, detect_host
-from .hashing import TreeDigest, tree_digest
+from .hashing import TreeDigest, tree_digest, tree_digests
 from .key import diff_fields, key_of
-from .manifest import Manifest, check_outputs, read_manifest
+from .manifest import MANIFEST, VALIDATION, Manifest, check_outputs, read_manifest, validation_vouches
 from .spec import GPU_ARCH_RE, GeneratedCheckpoint, ModelSpec, Spec
-from .statcache import StatCache
+from .statcache import Stamp, StatCache, settled, signature, stats_of
+from .states import BLOCKED, FRESH, MISSING, STALE
 from .store import Store, configured_store
-
-FRESH, STALE, MISSING, BLOCKED = "fresh", "stale", "missing", "blocked"
 
 
 @dataclass
@@ -32,6 +33,7 @@ class EngineState:
     fields: dict[str, Any] | None = None
     blocked: str | None = None  # why this host cannot build it, even if it is stale
     store: bool | None = None  # whether the shared store has this key (None: no store configured)
+    validated: bool = False  # fresh, and validation.json vouches for this key
 
 
 def generated_dir(spec: Spec, ckpt: GeneratedCheckpoint) -> Path:
@@ -70,6 +72,9 @@ class Planner:
         self._digests: dict[Path, TreeDigest] = {}
         self._toolchains: dict[str, dict[str, str | None] | BackendUnavailable] = {}
         self._store: Store | bool | None = False  # False: not opened yet
+        self._stamps: dict[str, Stamp] | None = None
+        self._engines: list[Engine] | None = None
+        self._new_stamps: dict[str, Stamp] = {}
 
     @property
     def host(self) -> Host:
@@ -91,12 +96,15 @@ class Planner:
 
     # -- inputs -------------------------------------------------------------------------------
     def engines(self) -> list[Engine]:
-        out = []
-        for m in self.spec.models:
-            backend = get_backend(m.backend)
-            archs = dict.fromkeys(a if GPU_ARCH_RE.match(a) else backend.expand_arch(a, self.host) for a in m.archs)
-            out.extend(Engine(m, a, tp, pp) for a in archs for tp, pp in m.parallel)
-        return out
+        """Every engine of the spec, in spec order (computed once)."""
+        if self._engines is None:
+            self._engines = []
+            for m in self.spec.models:
+                backend = get_backend(m.backend)
+                archs = dict.fromkeys(a if GPU_ARCH_RE.match(a) else backend.expand_arch(a, self.host)
+                                      for a in m.archs)
+                self._engines.extend(Engine(m, a, tp, pp) for a in archs for tp, pp in m.parallel)
+        return list(self._engines)
 
     def checkpoint(self, model: ModelSpec) -> TreeDigest | None:
         """The checkpoint's Merkle digest, or None while a generated checkpoint does not exist yet."""
@@ -106,6 +114,11 @@ class Planner:
                 return None
             self._digests[d] = tree_digest(d, self.cache)
         return self._digests[d]
+
+    def prefetch_checkpoints(self, models: set[ModelSpec]) -> None:
+        """checkpoint() of many models at once: every file of every checkpoint in one stat-cache batch."""
+        dirs = {checkpoint_dir(self.spec, m) for m in models} - self._digests.keys()
+        self._digests.update(tree_digests([d for d in dirs if d.is_dir()], self.cache))
 
     def forget_checkpoint(self, model: ModelSpec) -> None:
         self._digests.pop(checkpoint_dir(self.spec, model), None)
@@ -158,18 +171,48 @@ class Planner:
             return EngineState(engine, BLOCKED if blocked else MISSING,
                                [*reasons, "checkpoint not generated yet"], blocked=blocked)
         key = key_of(fields)
+        base = os.fspath(edir)
+        stamp = self.stamps.get(base)
+        if stamp is not None and stamp.key == key and signature(stats_of(base, stamp.names)) == stamp.sig:
+            return EngineState(engine, FRESH, [], key, fields, validated=stamp.validated)
         m = read_manifest(edir)
         if m is None:
             state, reasons = MISSING, [f"target {engine.arch} not built yet"]
         else:
             reasons = self.reasons(m, key, fields, engine)
             if not reasons:
+                names = (VALIDATION, *m.outputs)
+                stats = [m.stat, *stats_of(base, names)]  # taken before the contents are checked
                 reasons = check_outputs(edir, m, self.cache)
-            state = STALE if reasons else FRESH
-        blocked = None if state == FRESH else backend.blocked_reason(engine, self.host)
-        if state != FRESH and blocked:
+                if not reasons:
+                    validated = validation_vouches(edir, key)
+                    if all(settled(st, time.time_ns()) for st in stats):
+                        self._new_stamps[base] = Stamp(key, validated, (MANIFEST, *names), signature(stats))
+                    return EngineState(engine, FRESH, [], key, fields, validated=validated)
+            state = STALE
+        blocked = backend.blocked_reason(engine, self.host)
+        if blocked:
             return EngineState(engine, BLOCKED, [blocked, *reasons], key, fields, blocked)
         return EngineState(engine, state, reasons, key, fields, blocked)
+
+    @property
+    def stamps(self) -> dict[str, Stamp]:
+        """Engine stamps from the stat cache, loaded in one query on first use."""
+        if self._stamps is None:
+            self._stamps = self.cache.stamps()
+        return self._stamps
+
+    def states(self, engines: list[Engine] | None = None) -> list[EngineState]:
+        """state() of each engine (default: all), then the stamps of engines newly proven fresh are
+        saved in one transaction, so the next run re-proves them with stats alone."""
+        engines = self.engines() if engines is None else engines
+        self.prefetch_checkpoints({e.model for e in engines})
+        out = [self.state(e) for e in engines]
+        if self._new_stamps:
+            self.cache.store_stamps(self._new_stamps)
+            self.stamps.update(self._new_stamps)
+            self._new_stamps = {}
+        return out
 
     def reasons(self, m: Manifest, key: str, fields: dict[str, Any], engine: Engine) -> list[str]:
         if m.key == key:
@@ -183,7 +226,7 @@ class Planner:
     def plan(self, with_store: bool = True) -> list[EngineState]:
         """Every engine's state; with_store also asks the store, for each engine that is not
         fresh, whether it has the key (many small requests, so they run on a thread pool)."""
-        states = [self.state(e) for e in self.engines()]
+        states = self.states()
         store = self.store if with_store else None
         if store is not None:
             ask = [s for s in states if s.key and s.state != FRESH]

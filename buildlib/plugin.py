@@ -1,4 +1,4 @@
-"""doit integration: the task loader, the reporter, and doit config (entry points in pyproject)."""
+"""doit integration: the task loader and doit config (entry points in pyproject; the reporter is in reporter.py)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from doit.cmd_base import TaskLoader2
-from doit.reporter import ConsoleReporter
 from doit.task import Task, dict_to_task
 
 from .errors import EXIT_USAGE, UserError
-from .plan import BLOCKED
-from .tasks import planner_for, task_dicts
+from .reporter import EngineReporter
+from .tasks import group_names, planner_for, task_dicts
 
 T = TypeVar("T")
 
@@ -41,9 +40,10 @@ def doit_config(models: str | Path) -> dict[str, Any]:
     }
 
 
-def dodo_tasks(models: str | Path) -> list[dict[str, Any]]:
-    """Task dicts for a dodo.py (`basename` keys make each one a top-level task)."""
-    return exit_on_user_error(lambda: list(task_dicts(planner_for(models))))
+def dodo_tasks(models: str | Path, left_out: list[str] | None = None) -> list[dict[str, Any]]:
+    """Task dicts for a dodo.py (`basename` keys make each one a top-level task); see task_dicts
+    for `left_out`."""
+    return exit_on_user_error(lambda: list(task_dicts(planner_for(models), left_out)))
 
 
 class EngineLoader(TaskLoader2):
@@ -59,25 +59,14 @@ class EngineLoader(TaskLoader2):
         return doit_config(self.models)
 
     def load_tasks(self, cmd: Any, pos_args: list[str]) -> list[Task]:
-        return [dict_to_task({"name": d.pop("basename"), **d}) for d in dodo_tasks(self.models)]
-
-
-class EngineReporter(ConsoleReporter):
-    """doit's console output, plus an end-of-run line for engines this host could not build."""
-
-    desc = "console output, with engines that need another host listed at the end"
-
-    def __init__(self, outstream: Any, options: dict[str, Any]):
-        super().__init__(outstream, options)
-        self.blocked: list[str] = []
-
-    def add_success(self, task: Task) -> None:
-        if task.values.get("state") == BLOCKED and task.name.startswith("build:"):
-            self.blocked.append(task.name.removeprefix("build:"))
-        super().add_success(task)
-
-    def complete_run(self) -> None:
-        if self.blocked:
-            self.write(f"{len(self.blocked)} engine(s) need another host (see `doit plan`): "
-                       f"{', '.join(self.blocked)}\n")
-        super().complete_run()
+        """All tasks, except for a `doit` run of groups only (the default run, `doit sm90`, `doit
+        <model>`...): there engines with nothing to do get no tasks, and the reporter prints
+        how many were left out. Any other command (`list`, `info`, `clean`, `forget`...) or
+        a run naming a task sees every task."""
+        left_out: list[str] | None = None
+        if cmd.name == "run":
+            groups = exit_on_user_error(lambda: group_names(planner_for(self.models)))
+            left_out = [] if set(pos_args) <= groups else None
+        tasks = [dict_to_task({"name": d.pop("basename"), **d}) for d in dodo_tasks(self.models, left_out)]
+        EngineReporter.left_out = len(left_out or ())
+        return tasks

@@ -10,17 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from .errors import SpecError, Where
 
 if TYPE_CHECKING:
     from .backends.base import Backend
-
-try:  # libyaml is ~5x faster on large fleets; fall back to the pure-Python loader.
-    _Loader: type = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover - depends on how PyYAML was built
-    _Loader = yaml.SafeLoader
+    from .yamldoc import YamlDoc
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 GPU_ARCH_RE = re.compile(r"^sm\d{2,3}[a-z]?$")
@@ -113,62 +107,6 @@ class Spec:
         raise KeyError(name)
 
 
-class _Doc:
-    """A YAML document as plain values plus the line of every node, keyed by field path."""
-
-    def __init__(self, path: Path, text: str):
-        self.path = path
-        self.lines: dict[tuple, int] = {}
-        try:
-            node = yaml.compose(text, Loader=_Loader)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = mark.line + 1 if mark else None
-            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise SpecError(f"not valid YAML: {problem}", Where(path, line)) from None
-        self.value = self._plain(node, ()) if node is not None else {}
-
-    def _plain(self, node: yaml.Node, at: tuple) -> Any:
-        self.lines[at] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            out: dict[str, Any] = {}
-            for k, v in node.value:
-                key = self._scalar(k)
-                if not isinstance(key, str):
-                    raise self.error(at, f"keys must be strings, got {key!r}", line=k.start_mark.line + 1)
-                if key in out:
-                    raise self.error(at + (key,), "duplicate key", line=k.start_mark.line + 1)
-                out[key] = self._plain(v, at + (key,))
-                self.lines[at + (key,)] = k.start_mark.line + 1  # point at the key, not its value
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [self._plain(v, at + (i,)) for i, v in enumerate(node.value)]
-        return self._scalar(node)
-
-    def _scalar(self, node: yaml.Node) -> Any:
-        if not isinstance(node, yaml.ScalarNode):
-            raise SpecError("expected a plain value here", Where(self.path, node.start_mark.line + 1))
-        return _SAFE.construct_object(node, deep=True)
-
-    def line(self, at: tuple) -> int | None:
-        while at and at not in self.lines:
-            at = at[:-1]
-        return self.lines.get(at)
-
-    def error(self, at: tuple, message: str, line: int | None = None) -> SpecError:
-        return SpecError(message, Where(self.path, line or self.line(at)), _field_name(at) or None)
-
-
-_SAFE = yaml.constructor.SafeConstructor()  # resolves scalars: ints, floats, bools, nulls, strings
-
-
-def _field_name(at: tuple) -> str:
-    out = ""
-    for part in at:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
-    return out
-
-
 # -- parse cache ----------------------------------------------------------------------------------------------
 # A 1,000-engine models.yaml takes ~0.1-1 s to parse and validate; a no-op run must not pay that. The validated
 # Spec is pickled under the work dir, keyed by: this schema, buildlib's version and recipe, the source files that
@@ -184,7 +122,7 @@ def _code_fingerprint() -> list:
 
     here = Path(__file__).parent
     out: list = [SPEC_CACHE_SCHEMA, __version__, RECIPE_VERSION]
-    for name in ("spec.py", "errors.py", "backends/__init__.py", "backends/base.py", "backends/trtllm.py",
+    for name in ("spec.py", "yamldoc.py", "errors.py", "backends/__init__.py", "backends/base.py", "backends/trtllm.py",
                  "backends/trtllm_options.py", "backends/aoti.py"):
         try:
             st = os.stat(here / name)
@@ -262,8 +200,9 @@ def load_spec(models_path: Path | str, use_cache: bool = True) -> Spec:
 
 def _parse(path: Path, text: str) -> Spec:
     from .backends import get_backend  # backends import spec types; avoid an import cycle
+    from .yamldoc import YamlDoc  # PyYAML is imported only when models.yaml is really parsed (not cached)
 
-    doc = _Doc(path, text)
+    doc = YamlDoc(path, text)
     top = doc.value
     if not isinstance(top, dict):
         raise doc.error((), "the top level must be a mapping with `models:`")
@@ -297,7 +236,7 @@ def _parse(path: Path, text: str) -> Spec:
     return Spec(project=project, models=tuple(models))
 
 
-def _model(doc: _Doc, root: Path, defaults: dict, entry: dict, where: tuple, name: str,
+def _model(doc: YamlDoc, root: Path, defaults: dict, entry: dict, where: tuple, name: str,
            get_backend: Callable[[str], Backend]) -> ModelSpec:
     """Validate one model entry; each field is looked up in the entry, then in `defaults:`."""
     m = {**defaults, **entry}
@@ -367,7 +306,7 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _no_unknown(doc: _Doc, at: tuple, d: dict, allowed: set[str]) -> None:
+def _no_unknown(doc: YamlDoc, at: tuple, d: dict, allowed: set[str]) -> None:
     import difflib
 
     for k in d:
@@ -377,13 +316,13 @@ def _no_unknown(doc: _Doc, at: tuple, d: dict, allowed: set[str]) -> None:
             raise doc.error(at + (k,), f"unknown key{hint}")
 
 
-def _opt_str(doc: _Doc, at: tuple, v: Any) -> str:
+def _opt_str(doc: YamlDoc, at: tuple, v: Any) -> str:
     if not isinstance(v, str) or not v:
         raise doc.error(at, f"must be a non-empty string; got {v!r}")
     return v
 
 
-def _name(doc: _Doc, at: tuple, v: Any) -> str:
+def _name(doc: YamlDoc, at: tuple, v: Any) -> str:
     if v is None:
         raise doc.error(at, "missing; every model needs a name")
     if not isinstance(v, str) or not NAME_RE.match(v) or ".." in v:
@@ -393,7 +332,7 @@ def _name(doc: _Doc, at: tuple, v: Any) -> str:
     return v
 
 
-def _checkpoint(doc: _Doc, root: Path, at: tuple, v: Any) -> Path | GeneratedCheckpoint:
+def _checkpoint(doc: YamlDoc, root: Path, at: tuple, v: Any) -> Path | GeneratedCheckpoint:
     if isinstance(v, dict):
         gen = v.get("generate")
         if gen not in GENERATORS:
@@ -415,7 +354,7 @@ def _checkpoint(doc: _Doc, root: Path, at: tuple, v: Any) -> Path | GeneratedChe
     return p
 
 
-def _parallel(doc: _Doc, at: tuple, v: Any) -> tuple[tuple[int, int], ...]:
+def _parallel(doc: YamlDoc, at: tuple, v: Any) -> tuple[tuple[int, int], ...]:
     if not isinstance(v, list) or not v:
         raise doc.error(at, "must be a non-empty list such as [{tp: 1, pp: 1}, {tp: 2, pp: 1}]")
     out: list[tuple[int, int]] = []
@@ -433,7 +372,7 @@ def _parallel(doc: _Doc, at: tuple, v: Any) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
-def _quant(doc: _Doc, at: tuple, v: Any) -> dict[str, str | None] | None:
+def _quant(doc: YamlDoc, at: tuple, v: Any) -> dict[str, str | None] | None:
     if v is None:
         return None
     if isinstance(v, str):

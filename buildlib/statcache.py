@@ -1,4 +1,9 @@
-"""A persistent stat cache (sqlite, WAL): (path, device, inode, size, mtime_ns, ctime_ns) -> digest."""
+"""A persistent stat cache (sqlite, WAL): what was derived from files, trusted while their stats are unchanged.
+
+Two tables: file digests, (path, device, inode, size, mtime_ns, ctime_ns) -> xxh3-128; and engine
+stamps, engine dir -> (key, validated, the stats of its manifest, validation.json and outputs) when
+it was last proven fresh.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 # A file modified within this window of being hashed might change again within the same
@@ -16,7 +23,41 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
   path TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, size INTEGER,
   mtime_ns INTEGER, ctime_ns INTEGER, digest TEXT
-)"""
+);
+CREATE TABLE IF NOT EXISTS stamps (dir TEXT PRIMARY KEY, key TEXT, validated INTEGER, names TEXT, sig TEXT)
+"""
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """An engine dir proven fresh for `key`: while the files `names` (manifest first) still have the
+    stats `sig`, their contents are the ones that were checked, so the engine is still fresh."""
+
+    key: str
+    validated: bool
+    names: tuple[str, ...]
+    sig: str
+
+
+def stats_of(base: str, names: Iterable[str]) -> list[os.stat_result | None]:
+    out: list[os.stat_result | None] = []
+    for name in names:
+        try:
+            out.append(os.stat(os.path.join(base, name)))
+        except OSError:
+            out.append(None)
+    return out
+
+
+def signature(stats: Iterable[os.stat_result | None]) -> str:
+    """The stats as one string; a missing file is `-` (so one that appears later changes it)."""
+    return ",".join("-" if st is None else f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+                    for st in stats)
+
+
+def settled(st: os.stat_result | None, now_ns: int) -> bool:
+    """Not modified within RACY_NS of now: a later change would show in its stat."""
+    return st is None or now_ns - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_NS
 
 
 class StatCache:
@@ -36,7 +77,7 @@ class StatCache:
             db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute(_SCHEMA)
+            db.executescript(_SCHEMA)
             self._local.db = db
         return db
 
@@ -72,8 +113,21 @@ class StatCache:
         rows = [
             (os.fspath(p), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, d)
             for p, st, d in entries
-            if now - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_NS
+            if settled(st, now)
         ]
         if rows:
             with self._lock:
                 self._db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?)", rows)
+
+    def stamps(self) -> dict[str, Stamp]:
+        """Every engine stamp, in one query: a no-op over a fleet re-proves each fresh engine with
+        stats alone, instead of parsing its manifest and validation.json and looking up each output."""
+        return {d: Stamp(k, bool(v), tuple(n.split("\n")), sig)
+                for d, k, v, n, sig in self._db.execute("SELECT dir, key, validated, names, sig FROM stamps")}
+
+    def store_stamps(self, stamps: dict[str, Stamp]) -> None:
+        if stamps:
+            with self._lock:
+                self._db.executemany("INSERT OR REPLACE INTO stamps VALUES (?,?,?,?,?)",
+                                     [(d, s.key, int(s.validated), "\n".join(s.names), s.sig)
+                                      for d, s in stamps.items()])

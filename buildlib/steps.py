@@ -3,7 +3,6 @@ Ray workers and tests call these same functions."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -18,14 +17,20 @@ from .engine import Engine
 from .errors import BuildFailed
 from .gpu import Gpu
 from .key import key_of
-from .manifest import Manifest, read_manifest, record_outputs, write_json_durably, write_manifest
+from .manifest import (
+    VALIDATION,
+    Manifest,
+    read_manifest,
+    record_outputs,
+    validation_vouches,
+    write_json_durably,
+    write_manifest,
+)
 from .plan import BLOCKED, FRESH, Planner, checkpoint_dir
 from .publish import clean_leftovers, failed_log, locked, publish, temp_dir_for
 from .sched import describe, gpu_slots
 from .spec import GeneratedCheckpoint, ModelSpec
 from .store import Store, StoreCorrupt, StoreError
-
-VALIDATION = "validation.json"
 
 
 def say(msg: str) -> None:
@@ -197,11 +202,7 @@ def validated(planner: Planner, engine: Engine) -> bool:
     """True when validation.json vouches for the engine's current manifest key."""
     dest = engine.dir(planner.spec.project)
     m = read_manifest(dest)
-    try:
-        v = json.loads((dest / VALIDATION).read_text())
-    except (OSError, ValueError):
-        return False
-    return m is not None and v.get("key") == m.key and v.get("ok") is True
+    return m is not None and validation_vouches(dest, m.key)
 
 
 def validate(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None,

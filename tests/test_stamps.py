@@ -1,0 +1,129 @@
+"""Engine stamps: a fresh engine is re-proven by stats alone, and any change to what was checked is noticed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from buildlib import plan as plan_mod
+from buildlib.manifest import VALIDATION, Manifest, record_outputs, write_json_durably, write_manifest
+from buildlib.plan import BLOCKED, FRESH, EngineState, Planner
+from buildlib.spec import load_spec
+from tests.conftest import write_hf_checkpoint
+
+MODELS = """\
+defaults:
+  backend: aoti
+  dtype: float32
+  archs: [sm90]
+  build: {max_batch_size: 2, max_input_len: 16, max_seq_len: 32}
+models:
+  - name: a
+    checkpoint: ckpt/a
+  - name: b
+    checkpoint: ckpt/b
+"""
+
+
+def _planner(root: Path) -> Planner:
+    return Planner(load_spec(root / "models.yaml"))
+
+
+def _make_fresh(root: Path) -> None:
+    """Write every engine as a build does (outputs, manifest, validation.json), without building."""
+    p = _planner(root)
+    for e in p.engines():
+        st = p.state(e)
+        assert st.key and st.fields
+        d = e.dir(p.spec.project)
+        d.mkdir(parents=True)
+        (d / "model.pt2").write_bytes(st.key.encode() * 100)
+        ckpt = p.checkpoint(e.model)
+        assert ckpt is not None
+        write_manifest(d, Manifest(st.key, st.fields, record_outputs(d, p.cache),
+                                   {k: list(v) for k, v in ckpt.files.items()}, e.id))
+        write_json_durably(d / VALIDATION, {"key": st.key, "ok": True})
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr("buildlib.statcache.RACY_NS", 0)  # the files here were written just now
+    root = tmp_path / "repo"
+    root.mkdir()
+    for name, seed in (("a", 1), ("b", 2)):
+        write_hf_checkpoint(root / "ckpt" / name, seed=seed)
+    (root / "models.yaml").write_text(MODELS)
+    _make_fresh(root)
+    first = _planner(root).states()  # proves both fresh the long way, and saves their stamps
+    assert [s.state for s in first] == [FRESH, FRESH] and all(s.validated for s in first)
+    return root
+
+
+def _states_by_stamp_only(root: Path, monkeypatch: pytest.MonkeyPatch) -> list:
+    """states() in a new planner where reading a manifest fails the test: only stamps may answer."""
+    def no_read(*_a: object) -> None:
+        raise AssertionError("a manifest was read")
+
+    with monkeypatch.context() as m:
+        m.setattr(plan_mod, "read_manifest", no_read)
+        return _planner(root).states()
+
+
+def _why_not_fresh(s: EngineState) -> list[str]:
+    """The reasons an engine is not fresh (this host has no sm90 GPU: blocked, its first reason says so)."""
+    assert s.state != FRESH
+    return s.reasons[1:] if s.state == BLOCKED else s.reasons
+
+
+def test_fresh_engines_are_reproven_by_stats_alone(fleet: Path, monkeypatch: pytest.MonkeyPatch):
+    got = _states_by_stamp_only(fleet, monkeypatch)
+    assert [(s.engine.id, s.state, s.validated) for s in got] == [("a/sm90/tp1-pp1", FRESH, True),
+                                                                   ("b/sm90/tp1-pp1", FRESH, True)]
+
+
+def test_output_changed_in_place_with_its_size_and_mtime_kept_is_stale(fleet: Path):
+    out = fleet / "engines/a/sm90/tp1-pp1/model.pt2"
+    st = out.stat()
+    data = bytearray(out.read_bytes())
+    data[7] ^= 0xFF
+    out.write_bytes(bytes(data))
+    os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))  # only the ctime tells
+    states = {s.engine.id: s for s in _planner(fleet).states()}
+    assert _why_not_fresh(states["a/sm90/tp1-pp1"]) == ["output model.pt2 altered"]
+    assert states["b/sm90/tp1-pp1"].state == FRESH
+
+
+def test_removed_validation_is_noticed(fleet: Path):
+    (fleet / "engines/b/sm90/tp1-pp1" / VALIDATION).unlink()
+    states = {s.engine.id: s for s in _planner(fleet).states()}
+    assert states["b/sm90/tp1-pp1"].state == FRESH and not states["b/sm90/tp1-pp1"].validated
+    assert states["a/sm90/tp1-pp1"].validated
+
+
+def test_a_stamp_is_for_one_key(fleet: Path):
+    (fleet / "models.yaml").write_text(MODELS.replace("max_seq_len: 32", "max_seq_len: 24"))
+    states = _planner(fleet).states()
+    assert [_why_not_fresh(s) for s in states] == [["build.max_seq_len 32 -> 24"]] * 2
+
+
+def test_changed_checkpoint_is_stale_despite_the_stamp(fleet: Path):
+    shard = fleet / "ckpt/b/model-00001-of-00002.safetensors"
+    shard.write_bytes(b"\x00" + shard.read_bytes()[1:])
+    states = {s.engine.id: s for s in _planner(fleet).states()}
+    assert _why_not_fresh(states["b/sm90/tp1-pp1"]) == ["checkpoint model-00001-of-00002.safetensors changed"]
+    assert states["a/sm90/tp1-pp1"].state == FRESH
+
+
+def test_racy_files_get_no_stamp(tmp_path: Path):
+    """Files written within the racy window of the check might change again unseen: no stamp then."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    write_hf_checkpoint(root / "ckpt/a", seed=1)
+    write_hf_checkpoint(root / "ckpt/b", seed=2)
+    (root / "models.yaml").write_text(MODELS)
+    _make_fresh(root)
+    p = _planner(root)
+    assert [s.state for s in p.states()] == [FRESH, FRESH]
+    assert p.cache.stamps() == {}
