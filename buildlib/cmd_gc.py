@@ -243,6 +243,7 @@ class GcCmd(DoitCmdBase):
     """Garbage collection of what no current models.yaml entry references."""
 
     name = "gc"
+    needs_tasks = False  # reads the plan, not doit tasks: the loader skips building them
     doc_purpose = "list (or --remove) engine dirs, checkpoints and store entries that models.yaml no longer uses"
     doc_usage = "[--remove] [--store URL]"
     doc_description = (

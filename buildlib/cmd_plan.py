@@ -48,6 +48,7 @@ class PlanCmd(DoitCmdBase):
     """Decided up front, like ninja's plan: nothing is built, nothing is written (but --markdown's file)."""
 
     name = "plan"
+    needs_tasks = False  # reads the plan, not doit tasks: the loader skips building them
     doc_purpose = "show which engines are fresh, stale, missing or blocked, and why"
     doc_usage = "[--json] [--check] [--shard i/n] [--targets] [--markdown FILE] [ENGINE-GLOB ...]"
     doc_description = ("States come from each engine dir's manifest.json, never from .doit.db:\n"

@@ -24,6 +24,7 @@ class ReportCmd(DoitCmdBase):
     """Reads what the runs left on disk (and the store); builds nothing."""
 
     name = "report"
+    needs_tasks = False  # reads the plan, not doit tasks: the loader skips building them
     doc_purpose = "report build/validate results (JUnit XML, Markdown) from the engine dirs"
     doc_usage = "[--junit FILE] [--markdown FILE] [--check] [ENGINE-GLOB ...]"
     doc_description = (

@@ -62,7 +62,10 @@ class EngineLoader(TaskLoader2):
         """All tasks, except for a `doit` run of groups only (the default run, `doit sm90`, `doit
         <model>`...): there engines with nothing to do get no tasks, and the reporter prints
         how many were left out. Any other command (`list`, `info`, `clean`, `forget`...) or
-        a run naming a task sees every task."""
+        a run naming a task sees every task. Commands that read the plan rather than tasks (`plan`,
+        `report`, `gc`: `needs_tasks = False`) get none."""
+        if not getattr(cmd, "needs_tasks", True):
+            return []
         left_out: list[str] | None = None
         if cmd.name == "run":
             groups = exit_on_user_error(lambda: group_names(planner_for(self.models)))
