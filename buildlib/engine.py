@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,4 +35,8 @@ class Engine:
         return f"{self.model.name}/{self.parallel}"
 
     def dir(self, project: Project) -> Path:
-        return project.engines_dir / self.id  # the id is the layout: <model>/<arch>/tp<N>-pp<M>
+        return Path(self.path(project))
+
+    def path(self, project: Project) -> str:
+        """dir() as a str, for hot paths (a no-op over a fleet builds no Path objects)."""
+        return os.path.join(project.engines_dir, self.id)  # the id is the layout: <model>/<arch>/tp<N>-pp<M>

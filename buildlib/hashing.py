@@ -6,7 +6,6 @@ import mmap
 import os
 import threading
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +63,8 @@ def digest_files(paths: Iterable[Path], cache: StatCache | None = None) -> dict[
     if todo:
         # Largest first so one big shard does not start last and stretch the wall time.
         todo.sort(key=lambda t: -t[1].st_size)
+        from concurrent.futures import ThreadPoolExecutor  # ~5 ms to import (logging): not on a no-op
+
         with ThreadPoolExecutor(_workers(len(todo))) as pool:
             digests = list(pool.map(lambda t: hash_file(t[0]), todo))
         fresh = []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 from functools import lru_cache
 
 # Tier -> the -march baseline the aoti worker pins (TORCHINDUCTOR_CPP_MARCH) so that an artifact runs on
@@ -86,9 +85,9 @@ def march_for(isa: str) -> str:
 def host_isa() -> str:
     """e.g. x86_64-avx2, x86_64-avx512vnnibf16, x86_64-amxbf16, aarch64-sve256, aarch64-neon.
 
-    Any other machine gives platform.machine() (e.g. ppc64le), lowercased.
+    Any other machine gives its uname machine (e.g. ppc64le), lowercased.
     """
-    machine = platform.machine().lower()
+    machine = os.uname().machine.lower()
     if machine in ("x86_64", "amd64"):
         return x86_tier(_cpu_flags(), os.environ.get("ATEN_CPU_CAPABILITY"))
     if machine in ("aarch64", "arm64"):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,17 +162,17 @@ class Planner:
             fields = self.engine_fields(engine)
         except BackendUnavailable as e:
             return EngineState(engine, BLOCKED, [e.message], blocked=e.message)
-        edir = engine.dir(self.spec.project)
         if fields is None:
             blocked = backend.blocked_reason(engine, self.host)
             reasons = [blocked] if blocked else []
             return EngineState(engine, BLOCKED if blocked else MISSING,
                                [*reasons, "checkpoint not generated yet"], blocked=blocked)
         key = key_of(fields)
-        base = os.fspath(edir)
+        base = engine.path(self.spec.project)
         stamp = self.stamps.get(base)
         if stamp is not None and stamp.key == key and signature(stats_of(base, stamp.names)) == stamp.sig:
             return EngineState(engine, FRESH, [], key, fields, validated=stamp.validated)
+        edir = Path(base)
         m = read_manifest(edir)
         if m is None:
             state, reasons = MISSING, [f"target {engine.arch} not built yet"]
@@ -230,6 +228,8 @@ class Planner:
         store = self.store if with_store else None
         if store is not None:
             ask = [s for s in states if s.key and s.state != FRESH]
+            from concurrent.futures import ThreadPoolExecutor  # ~5 ms to import (logging): not on a no-op
+
             with ThreadPoolExecutor(16) as pool:
                 for s, hit in zip(ask, pool.map(lambda s: store.has(s.key), ask), strict=True):
                     s.store = hit

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,13 +42,13 @@ def failed_log(dest: Path) -> Path:
 
 def aside_path(dest: Path) -> Path:
     """A fresh `.<name>.old-<id>` beside dest: where dest is renamed before it is deleted."""
-    return dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:12]}"
+    return dest.parent / f".{dest.name}.old-{os.urandom(6).hex()}"
 
 
 def temp_dir_for(dest: Path) -> Path:
     """A fresh temp dir beside dest (same filesystem, so the final rename is atomic)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp = dest.parent / f".{dest.name}.tmp-{os.urandom(6).hex()}"
     tmp.mkdir()
     return tmp
 

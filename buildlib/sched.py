@@ -9,9 +9,7 @@ import fcntl
 import math
 import os
 import select
-import statistics
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -125,7 +123,7 @@ class _Waiter:
 
     def encode(self) -> str:
         return (f"w_{self.priority:.6e}_{self.since_ns}_{self.want}_{'.'.join(map(str, self.eligible))}"
-                f"_{os.getpid()}_{uuid.uuid4().hex[:8]}")
+                f"_{os.getpid()}_{os.urandom(4).hex()}")
 
     @classmethod
     def decode(cls, name: str) -> _Waiter | None:
@@ -404,7 +402,11 @@ def _from_manifests(engine_dir: Path, workers: int) -> float | None:
         got = _built(m.parent) if m.parent != engine_dir else None
         if got is not None:
             others.append(got[0] * got[1] / max(1, workers))
-    return float(statistics.median(others)) if others else None
+    if not others:
+        return None
+    others.sort()
+    mid = len(others) // 2
+    return others[mid] if len(others) % 2 else (others[mid - 1] + others[mid]) / 2  # the median
 
 
 def engine_expected_seconds(planner: Planner, engine: Engine) -> float:

@@ -36,10 +36,8 @@ import shutil
 import socket
 import tempfile
 import time
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -248,6 +246,8 @@ class DirStore(Store):
         todo = sorted(m.outputs.items(), key=lambda kv: -kv[1][0])
         try:
             if todo:
+                from concurrent.futures import ThreadPoolExecutor  # ~5 ms to import (logging): not on a no-op
+
                 with ThreadPoolExecutor(min(4, len(todo))) as pool:
                     for rel, size, digest in pool.map(lambda kv: self._copy_hashing(entry, dest, kv[0]), todo):
                         _check(where, rel, m.outputs[rel], size, digest)
@@ -289,7 +289,7 @@ class DirStore(Store):
         target = self._entry(key)
         if self.has(key):
             return False
-        incoming = self.root / ".incoming" / f"{key}-{uuid.uuid4().hex[:12]}"
+        incoming = self.root / ".incoming" / f"{key}-{os.urandom(6).hex()}"
         try:
             try:
                 incoming.mkdir(parents=True)
@@ -326,7 +326,7 @@ class DirStore(Store):
         trash = self.root / ".trash"
         trash.mkdir(exist_ok=True)
         with suppress(FileNotFoundError):
-            os.rename(self._entry(key), trash / f"{key}-{uuid.uuid4().hex[:12]}")
+            os.rename(self._entry(key), trash / f"{key}-{os.urandom(6).hex()}")
         for p in trash.iterdir():
             shutil.rmtree(p, ignore_errors=True)
 
@@ -515,7 +515,7 @@ class S3Store(Store):
         with self._errors("pushing"):
             if self.has(key):
                 return False
-            upload = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:12]}"
+            upload = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.urandom(6).hex()}"
             base = self._base(key) + upload + "/"
             with self._transfer(self.upload_config) as tm:
                 futs = [(rel, size, tm.upload(str(src / rel), self.bucket, base + rel)) for rel, size in files]

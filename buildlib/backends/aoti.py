@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import platform
 import shutil
 import subprocess
 from functools import lru_cache
@@ -73,6 +72,8 @@ class AotiBackend(Backend):
             transformers: str | None = version("transformers")
         except PackageNotFoundError:
             transformers = None
+        import platform  # imported where used: a run with no aoti model does not pay for it at start-up
+
         return {"torch": torch, "transformers": transformers, "python": platform.python_version(),
                 "compiler": _compiler()}
 
