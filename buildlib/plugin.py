@@ -12,7 +12,7 @@ from doit.task import Task, dict_to_task
 
 from .errors import EXIT_USAGE, UserError
 from .reporter import EngineReporter
-from .tasks import group_names, planner_for, task_dicts
+from .tasks import LeftOut, group_names, planner_for, task_dicts
 
 T = TypeVar("T")
 
@@ -40,7 +40,7 @@ def doit_config(models: str | Path) -> dict[str, Any]:
     }
 
 
-def dodo_tasks(models: str | Path, left_out: list[str] | None = None) -> list[dict[str, Any]]:
+def dodo_tasks(models: str | Path, left_out: LeftOut | None = None) -> list[dict[str, Any]]:
     """Task dicts for a dodo.py (`basename` keys make each one a top-level task); see task_dicts
     for `left_out`."""
     return exit_on_user_error(lambda: list(task_dicts(planner_for(models), left_out)))
@@ -66,10 +66,10 @@ class EngineLoader(TaskLoader2):
         `report`, `gc`: `needs_tasks = False`) get none."""
         if not getattr(cmd, "needs_tasks", True):
             return []
-        left_out: list[str] | None = None
+        left_out: LeftOut | None = None
         if cmd.name == "run":
             groups = exit_on_user_error(lambda: group_names(planner_for(self.models)))
-            left_out = [] if set(pos_args) <= groups else None
+            left_out = LeftOut() if set(pos_args) <= groups else None
         tasks = [dict_to_task({"name": d.pop("basename"), **d}) for d in dodo_tasks(self.models, left_out)]
-        EngineReporter.left_out = len(left_out or ())
+        EngineReporter.left_out = left_out
         return tasks

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -127,15 +128,25 @@ def group_names(planner: Planner) -> set[str]:
             *(e.arch for e in planner.engines())}
 
 
-def task_dicts(planner: Planner, left_out: list[str] | None = None) -> Iterator[dict[str, Any]]:
+@dataclass
+class LeftOut:
+    """The engines task_dicts gave no tasks, for the reporter's end-of-run lines."""
+
+    done: list[str] = field(default_factory=list)  # fresh, and validated where validated
+    blocked: dict[str, list[str]] = field(default_factory=dict)  # reason -> engines this host cannot build
+
+
+def task_dicts(planner: Planner, left_out: LeftOut | None = None) -> Iterator[dict[str, Any]]:
     """Every task for every engine of the spec, plus groups: one per model, one per arch,
     `convert`/`build`/`validate`, and `engines` for all (the default).
 
-    With `left_out` (a list), an engine with nothing left to do (fresh, and validated where it is
-    validated) gets no tasks at all, and its id is appended to the list; a conversion no engine
-    needs is left out too. A no-op run over a fleet then costs doit nothing per engine, where a
-    task that is merely up to date still costs doit a Task object, a dispatch and a report line
-    (that is what made a 1,000-engine no-op slower than plain doit with md5 file_deps).
+    With `left_out`, engines that doit has nothing to do for get no tasks at all and are recorded
+    there instead: engines with nothing left to do (fresh, and validated where validated), and
+    engines this host cannot build when no store is configured to restore them from; a
+    conversion no engine needs is left out too. A no-op run over a fleet then costs doit nothing
+    per engine, where a task that is merely up to date still costs doit a Task object, a dispatch
+    and a report line (that is what made a 1,000-engine no-op slower than plain doit with md5
+    file_deps).
 
     The plan is decided up front, as ninja does: one pass computes every engine's state, and a
     task already known to be up to date gets a literal `True` (doit then skips it without calling
@@ -148,6 +159,7 @@ def task_dicts(planner: Planner, left_out: list[str] | None = None) -> Iterator[
     """
     project = planner.spec.project
     states = dict(zip(planner.engines(), planner.states(), strict=True))
+    no_store = left_out is not None and planner.store is None
     expected: dict[str, float] = {}
     # Every group exists even if empty: `doit sm90` works when every sm90 engine is done and left out.
     groups: dict[str, list[str]] = {g: [] for g in ("engines", "convert", "build", "validate",
@@ -182,8 +194,11 @@ def task_dicts(planner: Planner, left_out: list[str] | None = None) -> Iterator[
             deps.append(cname)
         fresh = st.state == FRESH
         done = fresh and (not model.validate or st.validated)
-        if done and left_out is not None:
-            left_out.append(engine.id)
+        if left_out is not None and done:
+            left_out.done.append(engine.id)
+            continue
+        if left_out is not None and st.state == BLOCKED and no_store:
+            left_out.blocked.setdefault(st.reasons[0], []).append(engine.id)
             continue
         bname, vname = f"build:{engine.id}", f"validate:{engine.id}"
         secs = 0.0 if fresh else engine_expected_seconds(planner, engine)

@@ -101,7 +101,9 @@ def test_noop_run_has_no_tasks_for_done_engines_but_every_command_sees_them(proj
     assert r.returncode == 0, r.stderr
     assert "-- build:" not in r.stdout and "-- validate:" not in r.stdout and "-- convert:" not in r.stdout
     assert "3 engine(s) up to date" in r.stdout
-    assert "needs an sm80 host" in r.stdout  # blocked engines keep their tasks (they may restore from a store)
+    # no store to restore them from: engines this host cannot build get no tasks either, one line says why
+    assert "build:llama/sm80" not in r.stdout
+    assert "2 engine(s) not built here, needs an sm80 host: llama/sm80/tp1-pp1, llama/sm80/tp2-pp1" in r.stdout
     r = doit(root, "sm90", env=env)  # a group: the same
     assert "3 engine(s) up to date" in r.stdout and "-- build:" not in r.stdout
     listed = doit(root, "list", "--all", env=env).stdout.split()
