@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 from functools import lru_cache
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from ..errors import BackendUnavailable, BuildFailed, SpecError
 from ..gpu import Host
 from ..proc import run_worker
 from ..spec import GPU_ARCH_RE, ModelSpec
-from .base import Backend, Job
+from .base import Backend, Job, dist_version
 
 # The envelope the exported graph is specialized for (dynamic batch and sequence dims).
 BUILD_DEFAULTS: dict[str, int] = {"max_batch_size": 8, "max_input_len": 256, "max_seq_len": 512}
@@ -64,17 +63,12 @@ class AotiBackend(Backend):
         return host.cpu_isa if arch == "cpu" else arch
 
     def toolchain(self) -> dict[str, str | None]:
-        try:
-            torch = version("torch")
-        except PackageNotFoundError:
-            raise BackendUnavailable("torch is not installed here (pip install torch==2.13.0 for CPU)") from None
-        try:
-            transformers: str | None = version("transformers")
-        except PackageNotFoundError:
-            transformers = None
+        torch = dist_version("torch")
+        if torch is None:
+            raise BackendUnavailable("torch is not installed here (pip install torch==2.13.0 for CPU)")
         import platform  # imported where used: a run with no aoti model does not pay for it at start-up
 
-        return {"torch": torch, "transformers": transformers, "python": platform.python_version(),
+        return {"torch": torch, "transformers": dist_version("transformers"), "python": platform.python_version(),
                 "compiler": _compiler()}
 
     def blocked_reason(self, engine: Engine, host: Host) -> str | None:

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ..engine import Engine
 from ..gpu import Gpu, Host
 from ..spec import GPU_ARCH_RE, ModelSpec
+
+
+def dist_version(*names: str) -> str | None:
+    """The version of the first installed distribution of these names, from its metadata (no import:
+    cheap, and works where the package cannot load, e.g. a CUDA build on a CPU-only planner)."""
+    for name in names:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return None
 
 
 @dataclass(frozen=True)

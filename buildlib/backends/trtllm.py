@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from ..engine import Engine
 from ..errors import BackendUnavailable, BuildFailed, SpecError
 from ..proc import run_logged, run_worker
 from ..spec import GPU_ARCH_RE, ModelSpec
-from .base import Backend, Job
+from .base import Backend, Job, dist_version
 from .trtllm_options import OptionError, resolve_build_options, to_argv
 
 SUPPORTED = "1.x up to 1.2.x"
@@ -33,14 +32,9 @@ def _release(v: str) -> tuple[int, ...]:
 
 
 def _dist_version(*names: str) -> str | None:
-    """A distribution's version from its metadata, without importing it. A wheel re-upload
-    (`10.14.1.48.post1`) holds the same library as `10.14.1.48`: the suffix is dropped."""
-    for n in names:
-        try:
-            return re.sub(r"\.post\d+$", "", version(n))
-        except PackageNotFoundError:
-            continue
-    return None
+    """dist_version without a re-upload suffix: `10.14.1.48.post1` holds the same library as `10.14.1.48`."""
+    got = dist_version(*names)
+    return None if got is None else re.sub(r"\.post\d+$", "", got)
 
 
 def _slug(text: str) -> str:
