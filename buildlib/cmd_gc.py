@@ -280,6 +280,9 @@ class GcCmd(DoitCmdBase):
             self.outstream.write("nothing to collect: every engine dir and checkpoint is referenced\n")
         elif do_remove:
             self.outstream.write(f"{len(items)} item(s) removed, {human(total)} freed\n")
+        if do_remove:
+            self.outstream.write(f"stat cache: {planner.cache.prune()} entries for files that no longer exist "
+                                 "dropped\n")
         else:
             self.outstream.write(f"{len(items)} item(s), {human(total)} would be freed; "
                                  "run `doit gc --remove` to delete them\n")

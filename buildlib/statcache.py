@@ -131,3 +131,13 @@ class StatCache:
                 self._db.executemany("INSERT OR REPLACE INTO stamps VALUES (?,?,?,?,?)",
                                      [(d, s.key, int(s.validated), "\n".join(s.names), s.sig)
                                       for d, s in stamps.items()])
+
+    def prune(self) -> int:
+        """Forget entries for files and engine dirs that no longer exist (entries for changed files
+        are harmless: their stats no longer match). Returns how many were dropped."""
+        gone_files = [(p,) for (p,) in self._db.execute("SELECT path FROM files") if not os.path.exists(p)]
+        gone_dirs = [(d,) for (d,) in self._db.execute("SELECT dir FROM stamps") if not os.path.isdir(d)]
+        with self._lock:
+            self._db.executemany("DELETE FROM files WHERE path = ?", gone_files)
+            self._db.executemany("DELETE FROM stamps WHERE dir = ?", gone_dirs)
+        return len(gone_files) + len(gone_dirs)

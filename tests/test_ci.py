@@ -163,7 +163,7 @@ def test_gc_lists_then_removes_unreferenced_engines_and_checkpoints(fleet):
     assert "engines/m3" not in out
     assert (root / "engines/m4/sm90/tp1-pp1/manifest.json").is_file()  # a dry run deletes nothing
     out = _ok(doit(root, "gc", "--remove", env=env))
-    assert out.count("removed ") == 4
+    assert out.count("removed ") == 4 and "stat cache: " in out
     assert not (root / "engines/m4").exists()
     left = {p.name for p in (root / ".buildlib/checkpoints").iterdir() if not p.name.startswith(".")}
     assert len(left) == 10 and left < converted

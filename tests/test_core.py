@@ -10,7 +10,7 @@ import xxhash
 from buildlib.hashing import hash_file, tree_digest
 from buildlib.key import canonical_json, diff_fields, key_of
 from buildlib.publish import publish, temp_dir_for
-from buildlib.statcache import StatCache
+from buildlib.statcache import Stamp, StatCache
 
 
 def test_key_is_order_independent_and_sensitive():
@@ -65,6 +65,23 @@ def test_racy_entries_are_not_trusted(tmp_path: Path):
     cache = StatCache(tmp_path / "stat.sqlite")
     cache.store_many([(p, os.stat(p), "d")])  # written just now: might change within the same tick
     assert cache.lookup(p, os.stat(p)) is None
+
+
+def test_prune_forgets_entries_of_files_and_dirs_that_are_gone(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr("buildlib.statcache.RACY_NS", 0)
+    keep, gone, edir = tmp_path / "keep", tmp_path / "gone", tmp_path / "engine"
+    for p in (keep, gone):
+        p.write_bytes(b"x")
+    edir.mkdir()
+    cache = StatCache(tmp_path / "stat.sqlite")
+    cache.store_many([(p, os.stat(p), "d") for p in (keep, gone)])
+    cache.store_stamps({str(edir): Stamp("k", True, ("manifest.json",), "-")})
+    gone.unlink()
+    edir.rmdir()
+    assert cache.prune() == 2
+    assert cache.lookup(keep, os.stat(keep)) == "d" and cache.stamps() == {}
+    gone.write_bytes(b"x")
+    assert cache.lookup(gone, os.stat(gone)) is None
 
 
 def test_publish_replaces_atomically(tmp_path: Path):
