@@ -18,6 +18,7 @@ from pathlib import Path
 # A file modified within this window of being hashed might change again within the same
 # timestamp tick ("racy" entries, as git calls them); such entries are not trusted later.
 RACY_NS = 100_000_000
+COARSE_RACY_NS = 2_000_000_000  # FAT's 2 s, the coarsest timestamps in use
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -56,8 +57,12 @@ def signature(stats: Iterable[os.stat_result | None]) -> str:
 
 
 def settled(st: os.stat_result | None, now_ns: int) -> bool:
-    """Not modified within RACY_NS of now: a later change would show in its stat."""
-    return st is None or now_ns - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_NS
+    """Not modified within RACY_NS of now: a later change would show in its stat. Whole-second
+    timestamps (FAT, some NFS/SMB mounts) get COARSE_RACY_NS, as a change within the same tick is invisible."""
+    if st is None:
+        return True
+    coarse = st.st_mtime_ns % 1_000_000_000 == 0 and st.st_ctime_ns % 1_000_000_000 == 0
+    return now_ns - max(st.st_mtime_ns, st.st_ctime_ns) > (COARSE_RACY_NS if coarse else RACY_NS)
 
 
 class StatCache:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import xxhash
 
 from buildlib.hashing import hash_file, tree_digest
 from buildlib.key import canonical_json, diff_fields, key_of
 from buildlib.publish import publish, temp_dir_for
-from buildlib.statcache import Stamp, StatCache
+from buildlib.statcache import Stamp, StatCache, settled
 
 
 def test_key_is_order_independent_and_sensitive():
@@ -65,6 +66,19 @@ def test_racy_entries_are_not_trusted(tmp_path: Path):
     cache = StatCache(tmp_path / "stat.sqlite")
     cache.store_many([(p, os.stat(p), "d")])  # written just now: might change within the same tick
     assert cache.lookup(p, os.stat(p)) is None
+
+
+def test_settled_allows_for_coarse_timestamps():
+    """A file whose stat might still change without its stat changing is not trusted yet."""
+    def st(mtime_ns: int, ctime_ns: int) -> SimpleNamespace:
+        return SimpleNamespace(st_mtime_ns=mtime_ns, st_ctime_ns=ctime_ns)
+
+    now = 100 * 10**9
+    assert settled(st(now - 10**9 + 7, now - 10**9 + 7), now)  # ns timestamps: 100 ms is enough
+    assert not settled(st(now - 50_000_000, now - 50_000_000), now)
+    assert not settled(st(now - 10**9, now - 10**9), now)  # whole seconds: a change in this tick is invisible
+    assert settled(st(now - 3 * 10**9, now - 3 * 10**9), now)
+    assert settled(None, now)
 
 
 def test_prune_forgets_entries_of_files_and_dirs_that_are_gone(tmp_path: Path, monkeypatch):
