@@ -94,7 +94,7 @@ def make_fleet(root: Path, models: int, shards: int, shard_bytes: int, archs: in
                                                    "vocab_size": 256, "num_hidden_layers": 2, "model": i}))
         for s in range(1, shards + 1):
             p = d / f"model-{s:05d}-of-{shards:05d}.safetensors"
-            if p.exists() and p.stat().st_size == shard_bytes:
+            if p.exists() and (st := p.stat()).st_size == shard_bytes and sparse == (st.st_blocks * 512 < st.st_size):
                 continue
             with open(p, "wb") as f:
                 head = f"{i}:{s}:".encode() + SHARD_PAD
@@ -102,7 +102,8 @@ def make_fleet(root: Path, models: int, shards: int, shard_bytes: int, archs: in
                     f.write(head[:min(len(head), shard_bytes)])
                     f.truncate(shard_bytes)
                 else:
-                    f.write(os.urandom(shard_bytes))
+                    for left in range(shard_bytes, 0, -8 * MiB):
+                        f.write(os.urandom(min(left, 8 * MiB)))
     par = ", ".join(f"{{tp: {tp}, pp: {pp}}}" for tp, pp in PARALLEL[:parallel])
     lines = ["defaults:", "  backend: trtllm", "  dtype: float16", f"  archs: [{', '.join(ARCHS[:archs])}]",
              f"  parallel: [{par}]",
@@ -381,10 +382,12 @@ def main() -> None:
     ap.add_argument("--archs", type=int, default=2)
     ap.add_argument("--parallel", type=int, default=5, help="parallel configs per model (engines = M*A*P)")
     ap.add_argument("--shards", type=int, default=8)
-    ap.add_argument("--shard-mb", type=float, default=128, help="sparse shard size (1,000 engines: 100 models)")
+    ap.add_argument("--shard-mb", type=float, default=128, help="shard size (1,000 engines: 100 models)")
+    ap.add_argument("--real-data", action="store_true", help="shards of random bytes instead of sparse files "
+                    "(the fleet then takes its full size on disk)")
     ap.add_argument("--max-gb", type=float, default=110, help="cap on a fleet's checkpoint bytes: larger fleets get "
                     "smaller shards (doit-md5's database must be filled by md5-hashing every byte once)")
-    ap.add_argument("--dvc-max", type=int, default=1000, help="largest fleet to compare with dvc (dvc hashes "
+    ap.add_argument("--dvc-max", type=int, default=5000, help="largest fleet to compare with dvc (dvc hashes "
                     "every checkpoint byte once with md5 at commit time)")
     ap.add_argument("--touch-engines", type=int, default=1000)
     ap.add_argument("--touch-shard-mb", type=float, default=1.0)
@@ -428,7 +431,7 @@ def main() -> None:
         root = out / f"n{n}"
         t = time.perf_counter()
         shard_bytes = int(min(a.shard_mb * MiB, a.max_gb * 1e9 / (models * a.shards)))
-        shape = make_fleet(root, models, a.shards, shard_bytes, a.archs, a.parallel)
+        shape = make_fleet(root, models, a.shards, shard_bytes, a.archs, a.parallel, sparse=not a.real_data)
         env = standins_env(root)
         subprocess.run([PY, __file__, "--materialize", str(root)], env=env, check=True, cwd=REPO)
         check_fresh(root, env)
@@ -438,7 +441,8 @@ def main() -> None:
         if use_dvc is not None:
             write_dvc(root, use_dvc)
         log(f"fleet {n}: {shape['engines']} engines, {models} models x {a.shards} shards, "
-            f"{shape['bytes'] / 1e9:.1f} GB (sparse), setup {time.perf_counter() - t:.0f} s")
+            f"{shape['bytes'] / 1e9:.1f} GB ({'real' if a.real_data else 'sparse'}), "
+            f"setup {time.perf_counter() - t:.0f} s")
         r = bench_noop(root, env, md5dir, use_dvc, a.runs)
         rows.append((shape, r))
         log(f"  {json.dumps(r)}")
@@ -477,7 +481,8 @@ def main() -> None:
            "shards": a.shards, "archs": a.archs, "parallel": a.parallel, "runs": a.runs,
            "versions": {"buildlib": buildlib.__version__, "doit": ".".join(map(str, doit_pkg.__version__)),
                         "dvc": dvc_version(dvc) if dvc else None},
-           "smoke": lines_log[0], "floor": floor, "rows": rows, "tshape": tshape, "touch": touch, "cold": cold}
+           "smoke": lines_log[0], "floor": floor, "sparse": not a.real_data,
+           "rows": rows, "tshape": tshape, "touch": touch, "cold": cold}
     (out / "results.json").write_text(json.dumps(res, indent=1))
     md = report(res)
     print(md)
@@ -495,9 +500,11 @@ def report(res: dict[str, Any]) -> str:
          f"Fleets: M models × {res['shards']} shard files × {res['archs']} archs (sm90, sm80) × "
          f"{res['parallel']} tp/pp configs, trtllm backend with the test stand-ins (stand-in nvidia-smi shows an "
          "H100 and an A100). Shards are "
-         "**sparse** files (os.truncate with a 4 KiB real head): the no-op path only stats them, so the 100+ GB "
-         "tree costs no disk. Engines were made fresh with buildlib's API (Planner.state key/fields, "
-         "record_outputs, write_manifest, validation.json), as a build writes them; "
+         + ("**sparse** files (os.truncate with a 4 KiB real head; `--real-data` writes random bytes instead): the "
+            "no-op path only stats them, so the 100+ GB tree costs no disk. " if res.get("sparse", True) else
+            "files of random bytes (`--real-data`). ")
+         + "Engines were made fresh with buildlib's API (Planner.state key/fields, record_outputs, "
+         "write_manifest, validation.json), as a build writes them; "
          f"a real `doit` run checked the path end to end ({res['smoke']}). "
          "Ours: the buildlib loader; per engine a convert, build and validate task, but a `doit` run gives doit "
          "no tasks for engines with nothing to do (their stamps prove them fresh: key + stats of manifest, "
