@@ -184,7 +184,8 @@ class Planner:
                 reasons = check_outputs(edir, m, self.cache)
                 if not reasons:
                     validated = validation_vouches(edir, key)
-                    if all(settled(st, time.time_ns()) for st in stats):
+                    now = time.time_ns()
+                    if all(settled(st, now) for st in stats):
                         self._new_stamps[base] = Stamp(key, validated, (MANIFEST, *names), signature(stats))
                     return EngineState(engine, FRESH, [], key, fields, validated=validated)
             state = STALE

@@ -1,7 +1,7 @@
-"""doit's console reporter, plus end-of-run lines: engines left out as up to date, engines that need another host.
+"""doit's console reporter, plus end-of-run lines: engines left out as up to date, engines not built here.
 
 doit imports every installed REPORTER plugin on every run (even a plain dodo.py's), so this module
-imports nothing of buildlib's: a plain doit run in the same environment does not pay for it.
+imports only buildlib.states: a plain doit run in the same environment does not pay for buildlib.
 """
 
 from __future__ import annotations
@@ -33,12 +33,15 @@ class EngineReporter(ConsoleReporter):
         super().add_success(task)
 
     def complete_run(self) -> None:
-        if self.left_out and self.left_out.done:
-            self.write(f"{len(self.left_out.done)} engine(s) up to date (`doit plan` lists every engine)\n")
-        for reason, ids in (self.left_out.blocked.items() if self.left_out else ()):
+        """`N engine(s) up to date`, then per reason `N engine(s) not built here, <reason>: a, b, c and 7 more`
+        (engines left out of the run, and build tasks that ran but could not build here)."""
+        left = self.left_out
+        if left and left.done:
+            self.write(f"{len(left.done)} engine(s) up to date (`doit plan` lists every engine)\n")
+        not_built = dict(left.blocked) if left else {}
+        if self.blocked:
+            not_built.setdefault("see `doit plan` for why", []).extend(self.blocked)
+        for reason, ids in not_built.items():
             some = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
             self.write(f"{len(ids)} engine(s) not built here, {reason}: {some}\n")
-        if self.blocked:
-            self.write(f"{len(self.blocked)} engine(s) need another host (see `doit plan`): "
-                       f"{', '.join(self.blocked)}\n")
         super().complete_run()

@@ -111,3 +111,10 @@ def test_host_without_the_arch_restores_and_does_not_fail(tmp_path: Path, standi
     assert r.stdout.count("restored ") == 3
     assert r.stdout.count("needs an sm90 host; not validated here") == 3
     assert {v["state"] for v in plan(laptop, cpu_env).values()} == {"fresh"}
+    # an empty store: the build tasks still run (they look in the store), then the run sums them up
+    empty = tmp_path / "empty-store"
+    empty.mkdir()
+    r = doit(_clone(tmp_path / "laptop2"), env={**cpu_env, "BUILDLIB_STORE": str(empty)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("needs an sm90 host; not built here") == 3
+    assert "3 engine(s) not built here, see `doit plan` for why: " in r.stdout
