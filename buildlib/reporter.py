@@ -25,11 +25,12 @@ class EngineReporter(ConsoleReporter):
 
     def __init__(self, outstream: Any, options: dict[str, Any]):
         super().__init__(outstream, options)
-        self.blocked: list[str] = []
+        self.blocked: dict[str, list[str]] = {}  # why -> engines whose build task could not build them here
 
     def add_success(self, task: Task) -> None:
         if task.values.get("state") == BLOCKED and task.name.startswith("build:"):
-            self.blocked.append(task.name.removeprefix("build:"))
+            why = task.values.get("why") or "see `doit plan` for why"
+            self.blocked.setdefault(why, []).append(task.name.removeprefix("build:"))
         super().add_success(task)
 
     def complete_run(self) -> None:
@@ -38,9 +39,9 @@ class EngineReporter(ConsoleReporter):
         left = self.left_out
         if left and left.done:
             self.write(f"{len(left.done)} engine(s) up to date (`doit plan` lists every engine)\n")
-        not_built = dict(left.blocked) if left else {}
-        if self.blocked:
-            not_built.setdefault("see `doit plan` for why", []).extend(self.blocked)
+        not_built = {why: list(ids) for why, ids in (left.blocked.items() if left else ())}
+        for why, ids in self.blocked.items():
+            not_built.setdefault(why, []).extend(ids)
         for reason, ids in not_built.items():
             some = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
             self.write(f"{len(ids)} engine(s) not built here, {reason}: {some}\n")

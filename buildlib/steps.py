@@ -112,8 +112,9 @@ def _slots(planner: Planner, engine: Engine, want: int, gpus: Sequence[Gpu] | No
                      on_wait=lambda msg: say(f"{what}: {msg}"))
 
 
-def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None, priority: float = 0.0) -> str:
-    """Build one engine unless it is fresh; returns its final state (fresh/blocked).
+def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None,
+          priority: float = 0.0) -> tuple[str, str | None]:
+    """Build one engine unless it is fresh; returns its final state (fresh/blocked) and, if blocked, why.
 
     Under the per-engine lock the state is decided again, so a concurrent run that just built
     this engine makes this call a no-op instead of a second build. With a store configured, an
@@ -125,14 +126,14 @@ def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None, p
     with locked(dest):
         st = planner.state(engine)
         if st.state == FRESH:
-            return FRESH
+            return FRESH, None
         store = planner.store
         if store is not None and st.key and _restore(planner, store, st.key, dest):
             say(f"restored {engine.id} from {store.url}")
-            return FRESH
+            return FRESH, None
         if st.state == BLOCKED:
             say(f"{engine.id}: {st.reasons[0]}; not built here")
-            return BLOCKED
+            return BLOCKED, st.reasons[0]
         assert st.key and st.fields
         ckpt = planner.checkpoint(engine.model)
         assert ckpt is not None
@@ -160,7 +161,7 @@ def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None, p
         say(f"built {engine.id} in {time.monotonic() - t0:.1f}s -> {dest}")
         if store is not None:
             _push(store, st.key, dest, engine)
-        return FRESH
+        return FRESH, None
 
 
 def _restore(planner: Planner, store: Store, key: str, dest: Path) -> bool:

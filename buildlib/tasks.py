@@ -113,7 +113,8 @@ def convert_action(project: Project, engine: Engine) -> None:
 
 @_failed_is_task_failure
 def build_action(project: Project, engine: Engine, expected: float) -> dict[str, Any]:
-    return {"state": steps.build(_planner(project, engine.model), engine, priority=expected)}
+    state, why = steps.build(_planner(project, engine.model), engine, priority=expected)
+    return {"state": state, "why": why}
 
 
 @_failed_is_task_failure
