@@ -12,7 +12,7 @@ from pathlib import Path
 import xxhash
 
 from .key import canonical_json
-from .statcache import StatCache
+from .statcache import StatCache, identity
 
 BUF_SIZE = 8 << 20  # 8 MiB reads: large enough to run at disk speed, small enough to bound memory.
 _BUFS = threading.local()
@@ -70,16 +70,11 @@ def digest_files(paths: Iterable[Path], cache: StatCache | None = None) -> dict[
         fresh = []
         for (p, st), d in zip(todo, digests, strict=True):
             out[p] = (st.st_size, d)
-            if _same_file(st, os.stat(p)):  # not rewritten while we read it: safe to remember
+            if identity(st) == identity(os.stat(p)):  # not rewritten while we read it: safe to remember
                 fresh.append((p, st, d))
         if cache:
             cache.store_many(fresh)
     return out
-
-
-def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (
-        b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns, b.st_ctime_ns)
 
 
 def list_files(root: Path) -> list[Path]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .hashing import digest_files, list_files
-from .statcache import StatCache
+from .statcache import StatCache, identity
 
 MANIFEST = "manifest.json"
 VALIDATION = "validation.json"  # written by a successful validation run: {"key": <manifest key>, "ok": true, ...}
@@ -43,7 +43,7 @@ def _load(path: str) -> tuple[dict[str, Any], os.stat_result]:
     """The parsed file and the stat of the very file that was read (fstat: no window for a rename between)."""
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
-        k = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        k = (path, *identity(st))
         data = _READ.get(k)
         if data is None:
             data = json.loads(f.read())

@@ -40,6 +40,12 @@ class Stamp:
     sig: str
 
 
+def identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """What a file's stat must still match for what was derived from it to hold:
+    (device, inode, size, mtime_ns, ctime_ns)."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 def stats_of(base: str, names: Iterable[str]) -> list[os.stat_result | None]:
     out: list[os.stat_result | None] = []
     for name in names:
@@ -52,8 +58,7 @@ def stats_of(base: str, names: Iterable[str]) -> list[os.stat_result | None]:
 
 def signature(stats: Iterable[os.stat_result | None]) -> str:
     """The stats as one string; a missing file is `-` (so one that appears later changes it)."""
-    return ",".join("-" if st is None else f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
-                    for st in stats)
+    return ",".join("-" if st is None else ":".join(map(str, identity(st))) for st in stats)
 
 
 def settled(st: os.stat_result | None, now_ns: int) -> bool:
@@ -90,7 +95,7 @@ class StatCache:
         row = self._db.execute(
             "SELECT dev, ino, size, mtime_ns, ctime_ns, digest FROM files WHERE path = ?", (os.fspath(path),)
         ).fetchone()
-        if row and row[:5] == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+        if row and row[:5] == identity(st):
             return row[5]
         return None
 
@@ -109,14 +114,14 @@ class StatCache:
         out: list[str | None] = []
         for k, (_, st) in zip(keys, items, strict=True):
             row = rows.get(k)
-            ok = row is not None and row[:5] == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            ok = row is not None and row[:5] == identity(st)
             out.append(row[5] if ok else None)  # type: ignore[index]
         return out
 
     def store_many(self, entries: list[tuple[Path, os.stat_result, str]]) -> None:
         now = time.time_ns()
         rows = [
-            (os.fspath(p), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, d)
+            (os.fspath(p), *identity(st), d)
             for p, st, d in entries
             if settled(st, now)
         ]

@@ -123,10 +123,11 @@ def validate_action(project: Project, engine: Engine, expected: float) -> dict[s
     return {"state": BLOCKED if result is None else FRESH}
 
 
-def group_names(planner: Planner) -> set[str]:
-    """The group tasks task_dicts yields: `engines`, `convert`, `build`, `validate`, each model, each arch."""
-    return {"engines", "convert", "build", "validate", *(m.name for m in planner.spec.models),
-            *(e.arch for e in planner.engines())}
+def group_names(planner: Planner) -> list[str]:
+    """The group tasks task_dicts yields, in order: `engines`, `convert`, `build`, `validate`, each model,
+    each arch. Every one exists even if empty: `doit sm90` works when every sm90 engine is left out."""
+    return list(dict.fromkeys(["engines", "convert", "build", "validate", *(m.name for m in planner.spec.models),
+                               *(e.arch for e in planner.engines())]))
 
 
 @dataclass
@@ -162,12 +163,9 @@ def task_dicts(planner: Planner, left_out: LeftOut | None = None) -> Iterator[di
     states = dict(zip(planner.engines(), planner.states(), strict=True))
     no_store = left_out is not None and planner.store is None
     expected: dict[str, float] = {}
-    # Every group exists even if empty: `doit sm90` works when every sm90 engine is done and left out.
-    groups: dict[str, list[str]] = {g: [] for g in ("engines", "convert", "build", "validate",
-                                                    *(e.arch for e in states))}
+    groups: dict[str, list[str]] = {g: [] for g in group_names(planner)}
     generate: set[str] = set()  # models whose checkpoint has a generate task
     for model in planner.spec.models:
-        groups[model.name] = []
         if not isinstance(model.checkpoint, GeneratedCheckpoint):
             continue
         ready = checkpoint_dir(planner.spec, model).is_dir()
