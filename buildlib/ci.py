@@ -14,7 +14,7 @@ from typing import Any
 from .backends import get_backend
 from .errors import BackendUnavailable, UserError
 from .manifest import MANIFEST, VALIDATION, read_manifest
-from .plan import BLOCKED, FRESH, MISSING, STALE, EngineState, Planner
+from .plan import BLOCKED, FRESH, MISSING, STALE, UNVALIDATED, EngineState, Planner
 from .publish import failed_log
 
 VALIDATE_LOG = "validate.log"
@@ -25,10 +25,11 @@ LOG_TAIL_CHARS = 8000
 
 # -- sharding -----------------------------------------------------------------------------------
 def is_work(s: EngineState) -> bool:
-    """Buildable work on this host: stale or missing engines. Fresh ones need nothing; blocked ones are
-    some other host's work. A store hit is work too: its build task restores (and validates) it, and
-    ignoring the store keeps the split identical on runners that plan before and after a push."""
-    return s.state in (STALE, MISSING)
+    """Work for this host: stale or missing engines, and unvalidated ones (their validate task). Fresh ones
+    need nothing; blocked ones are some other host's work. A store hit is work too: its build task
+    restores (and validates) it, and ignoring the store keeps the split identical on runners that plan
+    before and after a push."""
+    return s.state in (STALE, MISSING, UNVALIDATED)
 
 
 def parse_shard(text: str) -> tuple[int, int]:

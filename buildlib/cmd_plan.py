@@ -12,7 +12,7 @@ from doit.cmd_base import DoitCmdBase
 
 from .ci import is_work, markdown_summary, parse_shard, shard, task_name
 from .errors import UserError
-from .plan import BLOCKED, FRESH, EngineState, Planner, state_json
+from .plan import BLOCKED, FRESH, EngineState, Planner, shown, state_json
 from .plugin import exit_on_user_error
 from .sched import engine_expected_seconds
 from .tasks import loaded_planner
@@ -56,6 +56,7 @@ class PlanCmd(DoitCmdBase):
                        "  stale    built from other inputs (reasons per field)\n"
                        "  missing  not built yet\n"
                        "  blocked  needs building, but this host cannot (e.g. needs an sm80 host)\n"
+                       "  unvalidated  built, but its validation failed or has not run (the failure and its log)\n"
                        "CI: `doit $(doit plan --shard 2/4 --targets '*/sm90/*')` builds the 2nd of 4 shards\n"
                        "of the sm90 engines that are stale or missing; every such engine is in exactly one shard.")
     cmd_options = (opt_json, opt_check, opt_shard, opt_targets, opt_markdown)
@@ -70,7 +71,7 @@ class PlanCmd(DoitCmdBase):
         if as_json and targets:
             raise UserError("--json and --targets are exclusive: --targets prints task names, --json the plan")
         planner = loaded_planner()
-        states = planner.plan(with_store=not targets)  # task names need no store round trips
+        states = shown(planner, planner.plan(with_store=not targets))  # task names need no store round trips
         if globs:
             states = [s for s in states if any(fnmatch.fnmatch(s.engine.id, g) for g in globs)]
         if which is not None:

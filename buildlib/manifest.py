@@ -66,14 +66,20 @@ def read_manifest(engine_dir: Path) -> Manifest | None:
         return None
 
 
-def validation_vouches(engine_dir: Path, key: str) -> bool:
-    """True when the dir's validation.json vouches for an engine with this key."""
+def validation_record(engine_dir: Path | str, key: str) -> dict[str, Any] | None:
+    """The dir's validation.json when it is about an engine with this key (a pass or a recorded failure)."""
     try:
         with open(os.path.join(engine_dir, VALIDATION), "rb") as f:
             v = json.loads(f.read())
     except (OSError, ValueError):
-        return False
-    return isinstance(v, dict) and v.get("key") == key and v.get("ok") is True
+        return None
+    return v if isinstance(v, dict) and v.get("key") == key else None
+
+
+def validation_vouches(engine_dir: Path, key: str) -> bool:
+    """True when the dir's validation.json vouches for an engine with this key."""
+    v = validation_record(engine_dir, key)
+    return v is not None and v.get("ok") is True
 
 
 def output_files(out_dir: Path) -> list[Path]:

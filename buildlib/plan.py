@@ -9,16 +9,24 @@ from typing import Any
 
 from . import RECIPE_VERSION
 from .backends import get_backend
-from .backends.base import Backend
+from .backends.base import Backend, model_architecture
 from .engine import Engine
-from .errors import BackendUnavailable
+from .errors import BackendUnavailable, SpecError, Where
 from .gpu import Host, detect_host
 from .hashing import TreeDigest, tree_digest, tree_digests
 from .key import diff_fields, key_of
-from .manifest import MANIFEST, VALIDATION, Manifest, check_outputs, read_manifest, validation_vouches
+from .manifest import (
+    MANIFEST,
+    VALIDATION,
+    Manifest,
+    check_outputs,
+    read_manifest,
+    validation_record,
+    validation_vouches,
+)
 from .spec import GPU_ARCH_RE, GeneratedCheckpoint, ModelSpec, Spec
 from .statcache import Stamp, StatCache, settled, signature, stats_of
-from .states import BLOCKED, FRESH, MISSING, STALE
+from .states import BLOCKED, FRESH, MISSING, STALE, UNVALIDATED
 from .store import Store, configured_store
 
 
@@ -73,6 +81,7 @@ class Planner:
         self._stamps: dict[str, Stamp] | None = None
         self._engines: list[Engine] | None = None
         self._new_stamps: dict[str, Stamp] = {}
+        self._extra: dict[ModelSpec, dict[str, Any]] = {}
 
     @property
     def host(self) -> Host:
@@ -145,8 +154,41 @@ class Planner:
         base = self.convert_fields(engine)
         if base is None:
             return None
-        return {**base, "build": engine.model.build_options,
-                "target": {"arch": engine.arch, "gpu": engine.model.gpu_name}}
+        backend = get_backend(engine.model.backend)
+        fields = {**base, "build": self._engine_build(backend, engine),
+                  "target": {"arch": engine.arch, "gpu": engine.model.gpu_name}}
+        inputs = self._inputs(backend, engine.model)
+        if inputs:
+            fields["inputs"] = inputs
+        return fields
+
+    def _model_error(self, model: ModelSpec, e: SpecError) -> SpecError:
+        """A check that needs the checkpoint (or other inputs), made at plan time: still file:line:field."""
+        return SpecError(e.message, Where(self.spec.project.models_path, model.line),
+                         f"models[{model.name}].{e.field}" if e.field else f"models[{model.name}]")
+
+    def _engine_build(self, backend: Backend, engine: Engine) -> dict[str, Any]:
+        """The backend's build options for the engine; the checkpoint's architecture is read only where the
+        options depend on it (never for the default option set, so a no-op reads no config.json)."""
+        model = engine.model
+        arch = None
+        if backend.needs_architecture(model):
+            arch = model_architecture(model, checkpoint_dir(self.spec, model))
+        try:
+            return backend.engine_build(engine, arch)
+        except SpecError as e:
+            raise self._model_error(model, e) from None
+
+    def _inputs(self, backend: Backend, model: ModelSpec) -> dict[str, str]:
+        """Digests of the directories besides the checkpoint that shape the engine (e.g. LoRA adapters)."""
+        if model not in self._extra:
+            got: dict[str, str] = {}
+            for name, d in backend.input_dirs(model, self.spec.project.root).items():
+                if not d.is_dir():
+                    raise self._model_error(model, SpecError(f"{d} is not a directory", field=name))
+                got[name] = tree_digest(d, self.cache).digest
+            self._extra[model] = got
+        return self._extra[model]
 
     def converted_dir(self, engine: Engine) -> Path | None:
         fields = self.convert_fields(engine)
@@ -235,6 +277,27 @@ class Planner:
                 for s, hit in zip(ask, pool.map(lambda s: store.has(s.key), ask), strict=True):
                     s.store = hit
         return states
+
+
+def shown(planner: Planner, states: list[EngineState]) -> list[EngineState]:
+    """The states as `doit plan` shows them: a fresh engine whose model requires validation and which
+    validation does not vouch for is `unvalidated`, with why (the recorded failure and its log, or that
+    it never ran), or `blocked` where this host cannot run it. The build logic keeps seeing `fresh`:
+    such an engine needs validating, not rebuilding."""
+    out = []
+    for s in states:
+        if s.state != FRESH or s.validated or not s.engine.model.validate:
+            out.append(s)
+            continue
+        e = s.engine
+        rec = validation_record(e.path(planner.spec.project), s.key or "")
+        why = f"validation failed: {rec.get('error')}" if rec else "not validated yet"
+        blocked = get_backend(e.model.backend).validate_blocked_reason(e, planner.host)
+        if blocked:
+            out.append(EngineState(e, BLOCKED, [blocked, why], s.key, s.fields, blocked, s.store))
+        else:
+            out.append(EngineState(e, UNVALIDATED, [why], s.key, s.fields, None, s.store))
+    return out
 
 
 def state_json(s: EngineState) -> dict[str, Any]:

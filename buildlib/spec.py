@@ -298,8 +298,19 @@ def _model(doc: YamlDoc, root: Path, defaults: dict, entry: dict, where: tuple, 
     try:
         backend.check_model(spec)
     except SpecError as e:
-        raise doc.error(at(e.field or "backend"), e.message) from None
+        parts = tuple((e.field or "backend").split("."))
+        in_defaults = _has(defaults, parts) and not _has(entry, parts)
+        raise doc.error((("defaults",) if in_defaults else where) + parts, e.message) from None
     return spec
+
+
+def _has(d: Any, parts: tuple[str, ...]) -> bool:
+    """Whether the nested mapping d holds the path parts (e.g. ("build", "kv_cache_type"))."""
+    for p in parts:
+        if not isinstance(d, dict) or p not in d:
+            return False
+        d = d[p]
+    return True
 
 
 def _is_int(v: Any) -> bool:

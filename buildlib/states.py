@@ -1,3 +1,4 @@
-"""The states of an engine: fresh, stale (built from other inputs), missing, blocked (needs another host)."""
+"""The states of an engine: fresh, stale (built from other inputs), missing, blocked (needs another host), and,
+as `doit plan` shows them, unvalidated (built, but its required validation failed or never ran)."""
 
-FRESH, STALE, MISSING, BLOCKED = "fresh", "stale", "missing", "blocked"
+FRESH, STALE, MISSING, BLOCKED, UNVALIDATED = "fresh", "stale", "missing", "blocked", "unvalidated"

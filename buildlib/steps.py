@@ -92,7 +92,7 @@ def convert(planner: Planner, engine: Engine) -> None:
         def make(tmp: Path) -> None:
             with gpu_slots(planner.host.gpus, want) as gpus:
                 backend.convert(Job(engine, checkpoint_dir(planner.spec, engine.model), None, tmp, gpus,
-                                    tmp / "build.log", planner.spec.project.work_dir))
+                                    tmp / "build.log", planner.spec.project.work_dir, planner.spec.project.root))
 
         def finish(tmp: Path) -> None:
             write_manifest(tmp, Manifest(key, fields, record_outputs(tmp, planner.cache),
@@ -146,7 +146,8 @@ def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None,
 
             def make(tmp: Path) -> None:
                 backend.build(Job(engine, checkpoint_dir(planner.spec, engine.model), converted, tmp,
-                                  held, tmp / "build.log", planner.spec.project.work_dir))
+                                  held, tmp / "build.log", planner.spec.project.work_dir,
+                                  planner.spec.project.root))
                 missing = backend.check_complete(engine, tmp)
                 if missing:
                     raise BuildFailed(f"build:{engine.id} produced an incomplete engine: missing {', '.join(missing)}")
@@ -217,16 +218,21 @@ def validate(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None
             say(f"{engine.id}: {st.reasons[0]}; not validated here")
             return None
         raise BuildFailed(f"validate:{engine.id}: engine is {st.state} ({'; '.join(st.reasons)})")
-    blocked = backend.blocked_reason(engine, planner.host)
-    if blocked:  # e.g. restored from the store on a host without that GPU arch
+    blocked = backend.validate_blocked_reason(engine, planner.host)
+    if blocked:  # e.g. restored from the store on a host without that GPU arch, or too few GPUs for its ranks
         say(f"{engine.id}: {blocked}; not validated here")
         return None
     log = dest / "validate.log"
     log.unlink(missing_ok=True)
     t0 = time.monotonic()
-    with _slots(planner, engine, backend.validate_gpus(engine), gpus, priority, f"validate:{engine.id}") as held:
-        result = backend.validate(Job(engine, checkpoint_dir(planner.spec, engine.model), None, dest,
-                                      held, log, planner.spec.project.work_dir))
+    try:
+        with _slots(planner, engine, backend.validate_gpus(engine), gpus, priority, f"validate:{engine.id}") as held:
+            result = backend.validate(Job(engine, checkpoint_dir(planner.spec, engine.model), None, dest,
+                                          held, log, planner.spec.project.work_dir, planner.spec.project.root))
+    except BuildFailed as e:  # recorded, so `doit plan` shows the engine as unvalidated and why
+        write_json_durably(dest / VALIDATION, {"key": st.key, "ok": False, "error": str(e).splitlines()[0],
+                                               "log": str(log), "seconds": round(time.monotonic() - t0, 3)})
+        raise
     result = {"key": st.key, "ok": True, "seconds": round(time.monotonic() - t0, 3), **result}
     write_json_durably(dest / VALIDATION, result)
     say(f"validated {engine.id}: {_summary(result)}")

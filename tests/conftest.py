@@ -18,14 +18,26 @@ H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_cap": "9.0", "memory_total_mib
 LOADER_PYPROJECT = '[tool.doit]\nloader = "buildlib"\n'
 
 
+def write_safetensors(path: Path, tensors: dict[str, bytes]) -> None:
+    """A valid safetensors file of U8 tensors (u64-LE header length, JSON header, data), from stdlib."""
+    header, offset = {}, 0
+    for name, data in sorted(tensors.items()):
+        header[name] = {"dtype": "U8", "shape": [len(data)], "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    path.write_bytes(len(blob).to_bytes(8, "little") + blob + b"".join(d for _, d in sorted(tensors.items())))
+
+
 def write_hf_checkpoint(d: Path, shards: int = 2, seed: int = 0, arch: str = "LlamaForCausalLM") -> Path:
-    """A Hugging Face-layout dir: config.json plus `model-0000i-of-0000n.safetensors` shards."""
+    """A Hugging Face-layout dir: config.json plus `model-0000i-of-0000n.safetensors` shards (valid
+    safetensors; seed < 0: random tensor bytes)."""
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.json").write_text(json.dumps({"architectures": [arch], "hidden_size": 64, "vocab_size": 256,
                                                "num_hidden_layers": 2, "max_position_embeddings": 4096}))
     for i in range(1, shards + 1):
-        (d / f"model-{i:05d}-of-{shards:05d}.safetensors").write_bytes(os.urandom(4096) if seed < 0 else
-                                                                      bytes((seed + i + j) % 251 for j in range(4096)))
+        data = os.urandom(4096) if seed < 0 else bytes((seed + i + j) % 251 for j in range(4096))
+        write_safetensors(d / f"model-{i:05d}-of-{shards:05d}.safetensors", {f"model.layers.{i}.weight": data})
     return d
 
 

@@ -17,6 +17,7 @@ from buildlib.backends.trtllm_options import (
     resolve_build_options,
     to_argv,
 )
+from tests.conftest import write_safetensors
 from tests.standins import H100, TENSORRT_VERSION, standin_env
 
 A100 = {"name": "NVIDIA A100-SXM4-80GB", "compute_cap": "8.0", "memory_total_mib": 81920, "memory_used_mib": 0}
@@ -60,7 +61,7 @@ def run(env: dict[str, str], *argv: str, cwd: Path | None = None) -> subprocess.
 def make_hf(d: Path, seed: int = 0) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.json").write_text(json.dumps(HF_CONFIG))
-    (d / "model-00001-of-00001.safetensors").write_bytes(bytes((seed + i) % 251 for i in range(4096)))
+    write_safetensors(d / "model-00001-of-00001.safetensors", {"w": bytes((seed + i) % 251 for i in range(4096))})
     return d
 
 
@@ -213,31 +214,51 @@ def test_unsupported_architecture_is_refused(env, tmp_path):
 
 RUNNER = """
 import sys
+import torch
 from tensorrt_llm.runtime import ModelRunner
 runner = ModelRunner.from_dir(engine_dir=sys.argv[1], rank=int(sys.argv[2]))
-print(runner.generate(batch_input_ids=[[1, 2, 3]], max_new_tokens=4, end_id=-1, pad_id=0).tolist())
+out = runner.generate(batch_input_ids=[torch.tensor([1, 2, 3])], max_new_tokens=4, end_id=-1, pad_id=0)
+print(out.tolist())
 """
+
+
+def _world(env: dict[str, str], n: int) -> dict[str, str]:
+    return {**env, "OMPI_COMM_WORLD_SIZE": str(n)}
 
 
 def test_model_runner_generates_and_refuses_foreign_engines(env, tp2, tmp_path):
     out = tmp_path / "eng"
     assert trtllm_build(env, tp2, out, cwd=tmp_path).returncode == 0
-    r0, r1 = py(env, RUNNER, str(out), "0"), py(env, RUNNER, str(out), "1")
+    r0, r1 = py(_world(env, 2), RUNNER, str(out), "0"), py(_world(env, 2), RUNNER, str(out), "1")
     assert r0.returncode == 0, r0.stderr
     assert r0.stdout.splitlines()[-1] == r1.stdout.splitlines()[-1]  # all ranks agree
     ids = json.loads(r0.stdout.splitlines()[-1])
     assert ids[0][0][:3] == [1, 2, 3] and len(ids[0][0]) == 7 and all(0 <= t < 256 for t in ids[0][0])
 
     newer = standin_env(tmp_path / "newer", trtllm_version="1.2.2", gpus=[H100])
-    r = py(newer, RUNNER, str(out), "0")
+    r = py(_world(newer, 2), RUNNER, str(out), "0")
     assert r.returncode != 0 and "please rebuild" in r.stderr
-    other_trt = standin_env(tmp_path / "trt", tensorrt_version="10.13.3.9", gpus=[H100])
-    r = py(other_trt, RUNNER, str(out), "0")
+    other_trt = standin_env(tmp_path / "trt", tensorrt_version="10.13.3.9", gpus=[H100, H100])
+    r = py(_world(other_trt, 2), RUNNER, str(out), "0")
     assert "not compatible with this version of TensorRT, expecting library version 10.13.3.9 got " \
            f"{TENSORRT_VERSION}, please rebuild" in r.stderr
-    ampere = standin_env(tmp_path / "a100", gpus=[A100])
-    r = py(ampere, RUNNER, str(out), "0")
+    ampere = standin_env(tmp_path / "a100", gpus=[A100, A100])
+    r = py(_world(ampere, 2), RUNNER, str(out), "0")
     assert "generated on an incompatible device, expecting compute 8.0 got compute 9.0, please rebuild" in r.stderr
+
+
+def test_model_runner_is_as_strict_as_the_real_one(env, tp2, tmp_path):
+    """Lists instead of tensors, a multi-rank engine outside its MPI world, a rank without its own GPU."""
+    out = tmp_path / "eng"
+    assert trtllm_build(env, tp2, out, cwd=tmp_path).returncode == 0
+    lists = RUNNER.replace("[torch.tensor([1, 2, 3])]", "[[1, 2, 3]]")
+    r = py(_world(env, 2), lists, str(out), "0")
+    assert r.returncode != 0 and "AttributeError: 'list' object has no attribute 'size'" in r.stderr
+    r = py(env, RUNNER, str(out), "0")
+    assert r.returncode != 0 and "Engine world size (2) != Runtime world size (1)" in r.stderr
+    one_gpu = standin_env(tmp_path / "one", gpus=[H100])
+    r = py(_world(one_gpu, 2), RUNNER, str(out), "1")
+    assert r.returncode != 0 and "invalid device ordinal" in r.stderr
 
 
 def test_metadata_versions_without_import(tmp_path):
@@ -289,9 +310,11 @@ def test_resolve_fills_every_default_in_sorted_order():
     r = resolve_build_options({"max_batch_size": 8})
     assert list(r) == sorted(BUILD_OPTIONS)
     assert r["max_batch_size"] == 8 and r["max_input_len"] == 1024 and r["max_num_tokens"] == 8192
-    assert r["kv_cache_type"] == "paged" and r["max_seq_len"] is None and r["gemm_plugin"] is None
+    # kv_cache_type is resolved per model (resolve_for_model), max_seq_len by trtllm-build from the checkpoint.
+    assert r["kv_cache_type"] is None and r["max_seq_len"] is None and r["gemm_plugin"] is None
     assert r["gpt_attention_plugin"] == "auto" and r["context_fmha"] == "enable" and r["tokens_per_block"] == 32
-    assert resolve_build_options({}) == resolve_build_options({"max_batch_size": 2048, "kv_cache_type": "PAGED"})
+    assert resolve_build_options({}) == resolve_build_options({"max_batch_size": 2048})
+    assert resolve_build_options({"kv_cache_type": "PAGED"})["kv_cache_type"] == "paged"
 
 
 def test_resolve_rejects_bool_for_int_and_bad_values():
@@ -335,14 +358,12 @@ def test_resolve_normalizes_aliases_yaml_booleans_and_shorthands():
         resolve_build_options({"max_seq_len": 1, "max_decoder_seq_len": 2})
 
 
-def test_to_argv():
+def test_to_argv_passes_only_what_differs_from_the_defaults():
     r = resolve_build_options({"max_batch_size": 8, "strip_plan": True, "lora_dir": ["a", "b"]})
-    argv = to_argv(r)
-    assert argv[argv.index("--max_batch_size") + 1] == "8"
-    assert "--strip_plan" in argv and "--weight_sparsity" not in argv
-    assert argv[argv.index("--lora_dir") + 1: argv.index("--lora_dir") + 3] == ["a", "b"]
-    assert "--max_seq_len" not in argv and "--gemm_plugin" not in argv  # None is omitted
-    assert argv[argv.index("--kv_cache_type") + 1] == "paged"
+    argv = to_argv(r, "/proj")
+    assert argv == ["--lora_dir", "/proj/a", "/proj/b", "--max_batch_size", "8", "--strip_plan"]
+    assert to_argv(resolve_build_options({"max_batch_size": 8})) == ["--max_batch_size", "8"]  # was 76 tokens
+    assert to_argv(resolve_build_options({"kv_cache_type": "continuous"})) == ["--kv_cache_type", "continuous"]
 
 
 def test_options_match_the_stand_in_parser(env):

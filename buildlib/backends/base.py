@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -10,7 +11,9 @@ from typing import Any, ClassVar
 
 from ..engine import Engine
 from ..gpu import Gpu, Host
-from ..spec import GPU_ARCH_RE, ModelSpec
+from ..spec import GPU_ARCH_RE, GeneratedCheckpoint, ModelSpec
+
+GENERATED_ARCHITECTURE = {"tinyllama": "LlamaForCausalLM"}
 
 
 def dist_version(*names: str) -> str | None:
@@ -24,6 +27,20 @@ def dist_version(*names: str) -> str | None:
     return None
 
 
+def model_architecture(model: ModelSpec, checkpoint: Path) -> str | None:
+    """The architecture TensorRT-LLM builds: models.yaml `model_class`, else the checkpoint's
+    config.json `architectures[0]` (what MODEL_MAP and PretrainedConfig.architecture use)."""
+    if model.model_class is not None:
+        return model.model_class
+    if isinstance(model.checkpoint, GeneratedCheckpoint):
+        return GENERATED_ARCHITECTURE.get(model.checkpoint.generator)
+    try:
+        archs = json.loads((checkpoint / "config.json").read_text()).get("architectures")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
+
+
 @dataclass(frozen=True)
 class Job:
     """Everything one step needs; built by buildlib.steps, handed to a backend."""
@@ -35,6 +52,7 @@ class Job:
     gpus: tuple[Gpu, ...]
     log: Path
     work_dir: Path
+    root: Path  # models.yaml's dir: relative paths in models.yaml (e.g. lora_dir) are relative to it
 
     def visible_env(self) -> dict[str, str]:
         """CUDA_VISIBLE_DEVICES for the GPUs this step was given (and only those)."""
@@ -70,6 +88,21 @@ class Backend(ABC):
     def toolchain(self) -> dict[str, str | None]:
         """Versions that shape the artifact; raise BackendUnavailable when it cannot build here."""
 
+    def engine_build(self, engine: Engine, architecture: str | None) -> dict[str, Any]:
+        """The build options this engine is built with, as the key records them. Most resolution happens
+        in resolve_build (options alone); this adds what depends on the model architecture
+        (`architecture`: the checkpoint's, or None when needs_architecture() said it is not needed)."""
+        return engine.model.build_options
+
+    def needs_architecture(self, model: ModelSpec) -> bool:
+        """Whether engine_build() depends on the checkpoint's model architecture (read from its config.json)."""
+        return False
+
+    def input_dirs(self, model: ModelSpec, root: Path) -> dict[str, Path]:
+        """Directories besides the checkpoint whose contents shape the engine (their digests go into the key),
+        by the models.yaml field that names them."""
+        return {}
+
     def convert_fields(self, engine: Engine) -> dict[str, Any]:
         """Conversion options that go into the key (dtype, quantization, tp, pp, model class)."""
         m = engine.model
@@ -82,6 +115,10 @@ class Backend(ABC):
             gpu = f" with a {engine.model.gpu_name}" if engine.model.gpu_name else ""
             return f"needs an {engine.arch} host{gpu}"
         return None
+
+    def validate_blocked_reason(self, engine: Engine, host: Host) -> str | None:
+        """Why this host cannot validate the (built) engine, or None if it can."""
+        return self.blocked_reason(engine, host)
 
     def gpus_needed(self, engine: Engine) -> int:
         """GPUs one build of this engine wants at once (the scheduler may give fewer)."""

@@ -6,17 +6,32 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import Any
 
 from ..engine import Engine
 from ..errors import BackendUnavailable, BuildFailed, SpecError
+from ..gpu import Host
 from ..proc import run_logged, run_worker
 from ..spec import GPU_ARCH_RE, ModelSpec
-from .base import Backend, Job, dist_version
-from .trtllm_options import OptionError, resolve_build_options, to_argv
+from .base import Backend, Job, dist_version, model_architecture
+from .trtllm_options import (
+    TRTLLM_SERIES,
+    OptionError,
+    check_quantization,
+    check_target,
+    needs_architecture,
+    resolve_build_options,
+    resolve_for_model,
+    to_argv,
+)
 
-SUPPORTED = "1.x up to 1.2.x"
+SUPPORTED = f"{TRTLLM_SERIES}.x"
+# The real wheels come from NVIDIA's package index; the public index holds a stub that refuses to install.
+INSTALL_HINT = (f"pip install --extra-index-url https://pypi.nvidia.com 'tensorrt_llm>={TRTLLM_SERIES},"
+                f"<{TRTLLM_SERIES.split('.')[0]}.{int(TRTLLM_SERIES.split('.')[1]) + 1}'")
+VALIDATE_NEW_TOKENS = 4  # what validation asks the engine to generate
 # Quantization that needs ModelOpt calibration on a GPU (the rest is weight-only, done on CPU).
 CALIBRATED = frozenset({"FP8", "W8A8_SQ_PER_CHANNEL", "W4A16_AWQ", "W4A8_AWQ", "NVFP4"})
 
@@ -24,6 +39,8 @@ CALIBRATED = frozenset({"FP8", "W8A8_SQ_PER_CHANNEL", "W4A16_AWQ", "W4A8_AWQ", "
 def needs_calibration(quant: dict[str, str | None] | None) -> bool:
     """Activation/weight quantization of these kinds, and any quantized KV cache (its scales), calibrate."""
     return bool(quant) and (quant.get("algo") in CALIBRATED or quant.get("kv_cache") is not None)
+
+
 TENSORRT_DISTS = ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt_cu13", "tensorrt_cu12")
 
 
@@ -31,14 +48,35 @@ def _release(v: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", v.split("+")[0])[:3])
 
 
+def _no_post(version: str) -> str:
+    """Without a re-upload suffix: `10.14.1.48.post1` holds the same library as `10.14.1.48`."""
+    return re.sub(r"\.post\d+$", "", version)
+
+
 def _dist_version(*names: str) -> str | None:
-    """dist_version without a re-upload suffix: `10.14.1.48.post1` holds the same library as `10.14.1.48`."""
     got = dist_version(*names)
-    return None if got is None else re.sub(r"\.post\d+$", "", got)
+    return None if got is None else _no_post(got)
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
+
+
+def _installed() -> tuple[str, bool] | None:
+    """(version, whether it provides the trtllm-build console script) of the installed tensorrt_llm
+    distribution, from its metadata alone (no import: cheap, and works on a CPU-only planner)."""
+    for name in ("tensorrt_llm", "tensorrt-llm"):
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError:
+            continue
+        builder = any(ep.group == "console_scripts" and ep.name == "trtllm-build" for ep in dist.entry_points)
+        return dist.version, builder
+    return None
+
+
+def _sm(arch: str) -> int:
+    return int(re.sub(r"\D", "", arch))
 
 
 class TrtllmBackend(Backend):
@@ -52,25 +90,60 @@ class TrtllmBackend(Backend):
             raise SpecError(e.message, field=e.field) from None
 
     def check_model(self, model: ModelSpec) -> None:
+        """What the real 1.2.x would refuse after GPU time is spent, refused while models.yaml is read."""
         for a in model.archs:
             if not GPU_ARCH_RE.match(a):
                 raise SpecError(f"trtllm builds only for GPU archs (sm80, sm90, ...), not {a!r}", field="archs")
+        opts = model.build_options
+        try:
+            for a in model.archs:
+                check_target(opts, _sm(a))
+            check_quantization(opts, (model.quant or {}).get("algo"))
+            if needs_architecture(opts):
+                ckpt = model.checkpoint if isinstance(model.checkpoint, Path) else Path()
+                resolve_for_model(opts, model_architecture(model, ckpt))
+        except OptionError as e:
+            raise SpecError(e.message, field=f"build.{e.field}") from None
+        if model.validate and opts["kv_cache_type"] == "disabled":
+            raise SpecError(f"an engine without KV cache runs the context phase only (ModelRunner.generate raises "
+                            f"for more than one new token) and validation generates {VALIDATE_NEW_TOKENS}; "
+                            "set validate: false for this model, or another kv_cache_type",
+                            field="build.kv_cache_type")
+
+    def needs_architecture(self, model: ModelSpec) -> bool:
+        return needs_architecture(model.build_options)
+
+    def engine_build(self, engine: Engine, architecture: str | None) -> dict[str, Any]:
+        try:
+            return resolve_for_model(engine.model.build_options, architecture)
+        except OptionError as e:
+            raise SpecError(e.message, field=f"build.{e.field}") from None
+
+    def input_dirs(self, model: ModelSpec, root: Path) -> dict[str, Path]:
+        dirs = model.build_options.get("lora_dir") or ()
+        return {f"build.lora_dir[{i}]": root / d for i, d in enumerate(dirs)}
 
     def toolchain(self) -> dict[str, str | None]:
-        """Versions from package metadata (no import: cheap, and works on CPU-only planners)."""
-        trtllm = _dist_version("tensorrt_llm", "tensorrt-llm")
-        if trtllm is None:
+        """Versions from package metadata (no import: cheap, and works on CPU-only planners).
+
+        Gated by capability: the TensorRT engine builder exists where the distribution provides the
+        trtllm-build console script (releases after 1.2.x removed it); then by the series the option
+        table was checked against."""
+        got = _installed()
+        if got is None:
+            raise BackendUnavailable(f"tensorrt_llm is not installed here; on a GPU host: {INSTALL_HINT}")
+        trtllm, has_builder = got
+        if not has_builder:
             raise BackendUnavailable(
-                "tensorrt_llm is not installed here (pip install tensorrt_llm==1.2.1 on a GPU host)")
-        if _release(trtllm) >= (1, 3):
+                f"tensorrt_llm {trtllm} has no TensorRT engine builder (its distribution provides no trtllm-build; "
+                f"the TensorRT engine workflow was removed after 1.2.x); install {SUPPORTED}: {INSTALL_HINT}")
+        if ".".join(str(x) for x in _release(trtllm)[:2]) != TRTLLM_SERIES:
             raise BackendUnavailable(
-                f"tensorrt_llm {trtllm} has no TensorRT engine backend (trtllm-build and checkpoint conversion "
-                f"were removed after 1.2.x); this backend supports {SUPPORTED}: pip install 'tensorrt_llm<1.3'")
-        if _release(trtllm) < (1,):
-            raise BackendUnavailable(f"tensorrt_llm {trtllm} is too old; this backend supports {SUPPORTED}")
+                f"tensorrt_llm {trtllm} is not supported: the trtllm-build option table is checked against "
+                f"{SUPPORTED} only (each series has its own options and defaults); install {SUPPORTED}: {INSTALL_HINT}")
         if shutil.which("trtllm-build") is None:
             raise BackendUnavailable(f"tensorrt_llm {trtllm} is installed but trtllm-build is not on PATH")
-        return {"tensorrt_llm": trtllm, "tensorrt": _dist_version(*TENSORRT_DISTS),
+        return {"tensorrt_llm": _no_post(trtllm), "tensorrt": _dist_version(*TENSORRT_DISTS),
                 "cuda": _dist_version("nvidia-cuda-runtime-cu13", "nvidia-cuda-runtime-cu12", "nvidia-cuda-runtime")}
 
     def gpus_needed(self, engine: Engine) -> int:
@@ -78,6 +151,15 @@ class TrtllmBackend(Backend):
 
     def validate_gpus(self, engine: Engine) -> int:
         return engine.world_size  # mpirun -n world_size: one GPU per rank
+
+    def validate_blocked_reason(self, engine: Engine, host: Host) -> str | None:
+        """The runtime puts rank r on GPU r % gpus_per_node (ModelRunner.from_engine): one GPU per rank, unshared."""
+        blocked = self.blocked_reason(engine, host)
+        have = len(host.gpus_of(engine.arch, engine.model.gpu_name))
+        if blocked or have >= engine.world_size:
+            return blocked
+        return (f"validation needs {engine.world_size} {engine.arch} GPUs (one per rank); this host has {have}: "
+                f"needs an {engine.arch} host with {engine.world_size} GPUs")
 
     def convert_gpus(self, engine: Engine) -> int:
         return 1 if needs_calibration(engine.model.quant) else 0
@@ -104,7 +186,7 @@ class TrtllmBackend(Backend):
         cache.parent.mkdir(parents=True, exist_ok=True)
         out_cache = job.out_dir.parent / f".{job.out_dir.name}.timing.cache"
         argv = ["trtllm-build", "--checkpoint_dir", str(job.converted), "--output_dir", str(job.out_dir),
-                *to_argv(e.model.build_options),
+                *to_argv(e.model.build_options, str(job.root)),
                 "--workers", str(max(1, min(e.world_size, len(job.gpus)))),
                 "--input_timing_cache", str(cache), "--output_timing_cache", str(out_cache),
                 "--log_level", "info"]
@@ -129,6 +211,6 @@ class TrtllmBackend(Backend):
                     f"validate:{e.id}: a {e.world_size}-rank engine runs under MPI; mpirun is not on PATH")
             argv_prefix = [mpirun, "-n", str(e.world_size), "--allow-run-as-root"]
         return run_worker("buildlib.backends.trtllm_validate", {
-            "engine_dir": str(job.out_dir), "max_new_tokens": 4, "world_size": e.world_size,
+            "engine_dir": str(job.out_dir), "max_new_tokens": VALIDATE_NEW_TOKENS, "world_size": e.world_size,
         }, job.log, f"validate:{e.id}", env=job.visible_env(), cwd=job.work_dir, prefix=argv_prefix)
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass
 
 # Sources, read at the 1.2.x line (pydantic BuildConfig/PluginConfig, Oct 2025 on):
 #   tensorrt_llm/commands/build.py   parse_arguments(): flags, aliases, defaults from BuildConfig.model_fields
 #   tensorrt_llm/plugin/plugin.py    PluginConfig fields + cli_plugin_args + add_plugin_argument()
-#   tensorrt_llm/builder.py          BuildConfig defaults; update_kv_cache_type() (unset -> PAGED)
+#   tensorrt_llm/builder.py          BuildConfig defaults; update_kv_cache_type(); optimize_model_with_config()
 #   tensorrt_llm/llmapi/kv_cache_type.py  KVCacheType(str, Enum), case-insensitive
 #   tensorrt_llm/lora_manager.py     LoraManager.LORA_MODULE_IDS (choices of --lora_target_modules)
+# docs/tensorrt-llm-contract.md lists each call with the real function it was checked against.
 
+# The one release series this table was checked against; the backend accepts only this series (1.0 and 1.1
+# have their own parsers and defaults, which no table here describes).
 TRTLLM_SERIES = "1.2"
 
 _ENABLE_DISABLE = ("enable", "disable")
@@ -58,7 +62,7 @@ BUILD_OPTIONS: dict[str, BuildOption] = _opts(
     _int("opt_num_tokens", None),
     _int("max_encoder_input_len", 1024),
     _int("max_prompt_embedding_table_size", 0),  # alias --max_multimodal_len
-    # argparse.SUPPRESS in build.py, BuildConfig default None; resolved to "paged" (update_kv_cache_type).
+    # argparse.SUPPRESS in build.py, BuildConfig default None; resolved per model (resolve_for_model).
     _choice("kv_cache_type", None, ("continuous", "paged", "disabled")),
     _choice("profiling_verbosity", "layer_names_only", ("layer_names_only", "detailed", "none")),
     _flag("strip_plan"),
@@ -71,7 +75,7 @@ BUILD_OPTIONS: dict[str, BuildOption] = _opts(
     _flag("gather_context_logits"),
     _flag("gather_generation_logits"),
     _flag("gather_all_token_logits"),
-    # LoRA.
+    # LoRA. lora_dir: directories (relative to models.yaml); their contents are part of the engine key.
     BuildOption("lora_dir", None, "list"),
     _choice("lora_ckpt_source", "hf", ("hf", "nemo")),
     BuildOption("lora_target_modules", None, "list", _LORA_MODULES),
@@ -252,25 +256,26 @@ def _check_value(opt: BuildOption, value: object) -> object:
     if opt.kind == "list":
         if isinstance(value, str) or not isinstance(value, list | tuple) or not value:
             raise OptionError(opt.name, f"expects a non-empty list (`[a, b]`), got {_type_name(value)}")
-        out: list[str] = []
+        out: list[str] = []  # kept as a tuple: a ModelSpec is hashable
         for item in value:
             if not isinstance(item, str):
                 raise OptionError(opt.name, f"list items must be strings, got {_type_name(item)}")
             if opt.choices and item not in opt.choices:
                 raise OptionError(opt.name, f"invalid choice {item!r}; choose from {', '.join(opt.choices)}")
             out.append(item)
-        return out
+        return tuple(out)
     raise AssertionError(f"unknown option kind {opt.kind!r}")
 
 
 def resolve_build_options(user: dict[str, object]) -> dict[str, object]:
     """Validate a models.yaml `build:` mapping against trtllm-build 1.2.x; return every option, defaults filled.
 
-    Applies the resolution that follows from the options alone: kv_cache_type unset -> "paged"
-    (BuildConfig.update_kv_cache_type) and gather_all_token_logits -> gather_context_logits and
-    gather_generation_logits (commands/build.py main; the two are kept, the shorthand is cleared, so
-    equivalent spellings give equal dicts). max_seq_len stays None when unset: trtllm-build deduces it
-    from the checkpoint's max_position_embeddings. Keys come back in sorted order.
+    Applies the resolution that follows from the options alone: gather_all_token_logits ->
+    gather_context_logits and gather_generation_logits (commands/build.py main; the two are kept, the
+    shorthand is cleared, so equivalent spellings give equal dicts). Two values stay None here because
+    1.2.x derives them from the checkpoint: max_seq_len (from max_position_embeddings, at build time)
+    and kv_cache_type when unset (resolve_for_model: it depends on the model architecture). Keys come
+    back in sorted order.
     """
     if not isinstance(user, dict):
         raise OptionError("build", f"expects a mapping of trtllm-build options, got {_type_name(user)}")
@@ -281,8 +286,6 @@ def resolve_build_options(user: dict[str, object]) -> dict[str, object]:
             raise OptionError(str(raw), f"set twice (`{name}` and an alias of it)")
         given[name] = _check_value(BUILD_OPTIONS[name], value)
     resolved: dict[str, object] = {n: given.get(n, o.default) for n, o in BUILD_OPTIONS.items()}
-    if resolved["kv_cache_type"] is None:
-        resolved["kv_cache_type"] = "paged"
     if resolved["gather_all_token_logits"]:
         resolved["gather_context_logits"] = resolved["gather_generation_logits"] = True
         resolved["gather_all_token_logits"] = False
@@ -290,8 +293,12 @@ def resolve_build_options(user: dict[str, object]) -> dict[str, object]:
     return {k: resolved[k] for k in sorted(resolved)}
 
 
+_SWIGLU = ("gemm_swiglu_plugin", "low_latency_gemm_swiglu_plugin")
+
+
 def _check_combinations(r: dict[str, object]) -> None:
-    """The cross-option checks trtllm-build makes before building any rank (RuntimeError / assert there)."""
+    """The cross-option checks trtllm-build 1.2.x makes before or while building a rank (RuntimeError /
+    assert there): refused here, before any GPU time is spent."""
     if r["gather_context_logits"] and isinstance(r["max_draft_len"], int) and r["max_draft_len"] > 0:
         raise OptionError("gather_context_logits", "not supported with max_draft_len > 0; "
                           "use gather_generation_logits to get the accepted tokens' logits")
@@ -299,28 +306,96 @@ def _check_combinations(r: dict[str, object]) -> None:
         raise OptionError("opt_num_tokens", "cannot be set while multiple_profiles is enabled")
     if r["streamingllm"] == "enable":
         raise OptionError("streamingllm", "no longer supported by TensorRT-LLM 1.x (the build asserts); remove it")
+    # builder.py optimize_model_with_config(): "GemmSwiGLU plugin requires --use_fused_mlp flag".
+    for name in _SWIGLU:
+        if r[name] != "disable" and r["use_fused_mlp"] != "enable":
+            raise OptionError(name, "requires use_fused_mlp: enable (trtllm-build raises 'GemmSwiGLU plugin "
+                              "requires --use_fused_mlp flag')")
 
 
-def to_argv(resolved: dict[str, object]) -> list[str]:
-    """argv for trtllm-build from a resolved dict: flags only when true, None omitted, lists expanded.
+RECURRENT = frozenset({"MambaForCausalLM", "RecurrentGemmaForCausalLM"})  # paged_state, not paged_kv_cache
+# commands/build.py main(): a checkpoint quantized with anything else turns use_fused_mlp off.
+FUSED_MLP_QUANT = frozenset({"FP8", "MIXED_PRECISION"})
+# plugin.py PluginConfig.validate(): NotImplementedError for these on SM 100 (not on 103, 110, 120).
+SM100_UNSUPPORTED = ("gemm_swiglu_plugin", "fp8_rowwise_gemm_plugin", "low_latency_gemm_plugin",
+                     "low_latency_gemm_swiglu_plugin", "bert_context_fmha_fp32_acc")
 
-    Every other option is passed explicitly, defaults included, so the installed version's own
-    defaults never decide what gets built.
+
+def check_target(r: dict[str, object], sm: int) -> None:
+    """What PluginConfig.validate() refuses for the GPU a build runs on (trtllm-build calls it first)."""
+    if sm != 100:
+        return
+    for name in SM100_UNSUPPORTED:
+        if r[name] not in ("disable", False, None):
+            raise OptionError(name, f"{name}={r[name]} is not supported on SM 100 (PluginConfig.validate "
+                              "raises NotImplementedError); disable it for sm100")
+
+
+def check_quantization(r: dict[str, object], quant_algo: str | None) -> None:
+    """Checks that depend on the checkpoint's quantization (known from models.yaml)."""
+    if quant_algo is None or quant_algo in FUSED_MLP_QUANT:
+        return
+    for name in _SWIGLU:
+        if r[name] != "disable":
+            raise OptionError(name, f"needs use_fused_mlp, which trtllm-build turns off for {quant_algo} "
+                              "checkpoints (only FP8 and MIXED_PRECISION keep it); disable it or use fp8")
+
+
+def needs_architecture(r: dict[str, object]) -> bool:
+    """Whether resolve_for_model() depends on the model architecture (most option sets do not, so the
+    planner reads no checkpoint config for them)."""
+    kv = r["kv_cache_type"]
+    return r["pp_reduce_scatter"] == "enable" or r["paged_state"] == "disable" or kv not in (None, "paged")
+
+
+def resolve_for_model(r: dict[str, object], architecture: str | None) -> dict[str, object]:
+    """The model-dependent part of 1.2.x's resolution and its asserts; returns what the build will use.
+
+    - kv_cache_type (BuildConfig.update_kv_cache_type): for Mamba and RecurrentGemma it follows
+      paged_state (enable -> paged, disable -> continuous), and an explicit value that contradicts
+      paged_state asserts; every other model gets paged when unset.
+    - pp_reduce_scatter (commands/build.py build_model) asserts unless the model is Mixtral.
+    """
+    if r["pp_reduce_scatter"] == "enable" and architecture != "MixtralForCausalLM":
+        raise OptionError("pp_reduce_scatter", f"only supported for MixtralForCausalLM (trtllm-build asserts 'PP "
+                          f"reduce scatter is only supported in the mixtral model'); this model is {architecture}")
+    kv = r["kv_cache_type"]
+    if architecture in RECURRENT:
+        paged_state = r["paged_state"] == "enable"
+        if kv is None:
+            kv = "paged" if paged_state else "continuous"
+        elif paged_state != (kv == "paged"):
+            raise OptionError("kv_cache_type", f"{kv} contradicts paged_state: {r['paged_state']} for {architecture} "
+                              "(BuildConfig.update_kv_cache_type asserts); set paged_state: "
+                              f"{'enable' if kv == 'paged' else 'disable'}, or leave kv_cache_type unset")
+    elif kv is None:
+        kv = "paged"
+    return {**r, "kv_cache_type": kv}
+
+
+def to_argv(given: dict[str, object], root: str = ".") -> list[str]:
+    """argv for trtllm-build: only the options that differ from the 1.2.x defaults.
+
+    The key records every resolved option; the installed release is checked to be of the series this
+    table describes (TRTLLM_SERIES), so a default left out here is that release's default. `given`
+    is the resolved dict from models.yaml (kv_cache_type None: left to trtllm-build, which resolves it
+    as resolve_for_model() does). lora_dir entries are resolved against `root` (models.yaml's dir).
     """
     argv: list[str] = []
-    for name in sorted(resolved):
+    for name in sorted(given):
         opt = BUILD_OPTIONS.get(name)
         if opt is None:
             raise OptionError(name, f"not an option of trtllm-build 1.2.x; {_suggest(name)}")
-        value = resolved[name]
-        if value is None:
+        value = given[name]
+        if value is None or value == opt.default:
             continue
         if opt.kind == "flag":
             if value is True:
                 argv.append(f"--{name}")
         elif opt.kind == "list":
             assert isinstance(value, list | tuple), name
-            argv += [f"--{name}", *(str(v) for v in value)]
+            items = [os.path.join(root, str(v)) for v in value] if name == "lora_dir" else [str(v) for v in value]
+            argv += [f"--{name}", *items]
         else:
             argv += [f"--{name}", str(value)]
     return argv

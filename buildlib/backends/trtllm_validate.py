@@ -1,4 +1,10 @@
-"""Worker (subprocess, under mpirun for several ranks): load an engine with ModelRunner, generate."""
+"""Worker (subprocess, under mpirun for several ranks): load an engine with ModelRunner, generate.
+
+Every rank loads its own engine and joins the generation (ranks of one engine work together); what
+comes back follows TensorRT-LLM 1.2.x (runtime/generation.py, GenerationSession.decode): the output
+ids, a [batch, beams, seq] tensor, reach the ranks of the first pipeline stage only
+(`rank // tp_size == 0`); the other stages get None. Tokens are checked where they arrive.
+"""
 
 from __future__ import annotations
 
@@ -19,22 +25,29 @@ def _rank() -> int:
 
 
 def validate(req: dict[str, Any]) -> dict[str, Any]:
+    import torch
     from tensorrt_llm.runtime import ModelRunner
 
     engine_dir = Path(req["engine_dir"])
     config = json.loads((engine_dir / "config.json").read_text())
-    vocab = int(config["pretrained_config"].get("vocab_size") or 32000)
-    prompt = [t % vocab for t in PROMPT]
-    runner = ModelRunner.from_dir(engine_dir=str(engine_dir), rank=_rank())
+    pretrained = config["pretrained_config"]
+    vocab = int(pretrained.get("vocab_size") or 32000)
+    tp = int(pretrained.get("mapping", {}).get("tp_size", 1))
+    rank = _rank()
+    # ModelRunner.generate takes a list of 1-D integer tensors (it calls .size(0) and .type(torch.int32)).
+    prompt = torch.tensor([t % vocab for t in PROMPT], dtype=torch.int32)
+    runner = ModelRunner.from_dir(engine_dir=str(engine_dir), rank=rank)
     out = runner.generate(batch_input_ids=[prompt], max_new_tokens=req["max_new_tokens"], end_id=-1, pad_id=0)
-    ids = out.tolist() if hasattr(out, "tolist") else out
-    flat = ids
-    while isinstance(flat, list) and flat and isinstance(flat[0], list):
-        flat = flat[0]
-    new = [int(t) for t in flat[len(prompt):]]
+    if rank // tp != 0:  # a later pipeline stage: the output went to the first stage
+        if out is not None:
+            raise SystemExit(f"rank {rank} is not in the first pipeline stage but got output ids")
+        return {"detail": f"rank {rank}: later pipeline stage"}
+    if not isinstance(out, torch.Tensor) or out.dim() != 3:
+        raise SystemExit(f"rank {rank}: expected output ids of shape [batch, beams, seq], got {out!r}")
+    new = [int(t) for t in out[0, 0, len(PROMPT):].tolist()]
     if len(new) < 1 or any(not 0 <= t < vocab for t in new):
         raise SystemExit(f"engine generated no valid tokens: {new}")
-    return {"tokens": new, "detail": f"generated {len(new)} tokens on rank {_rank()}"}
+    return {"tokens": new, "detail": f"generated {len(new)} tokens on rank {rank}"}
 
 
 def main() -> None:

@@ -28,9 +28,11 @@ def _metadata(name: str, version: str, summary: str, requires: str = "") -> str:
 
 
 def standin_env(root: Path, *, trtllm_version: str = TRTLLM_VERSION, tensorrt_version: str = TENSORRT_VERSION,
-                gpus: list[dict] | None = None, base_env: Mapping[str, str] | None = None) -> dict[str, str]:
+                gpus: list[dict] | None = None, base_env: Mapping[str, str] | None = None,
+                engine_builder: bool = True) -> dict[str, str]:
     """Copy the stand-ins under `root` at the given versions; return an env with root/bin on PATH, root/site on
-    PYTHONPATH and STANDIN_GPUS set (default: one H100). `base_env` defaults to os.environ."""
+    PYTHONPATH and STANDIN_GPUS set (default: one H100). `base_env` defaults to os.environ. engine_builder=False
+    makes a release without the TensorRT engine workflow: no trtllm-build entry point (as after 1.2.x)."""
     root = Path(root)
     bin_dir, site = root / "bin", root / "site"
     for d in (bin_dir, site):
@@ -53,8 +55,12 @@ def standin_env(root: Path, *, trtllm_version: str = TRTLLM_VERSION, tensorrt_ve
     major_minor_patch = ".".join(tensorrt_version.split(".")[:3])
     (trtllm_info / "METADATA").write_text(_metadata("tensorrt_llm", trtllm_version, "Stand-in for TensorRT-LLM",
                                                     f"tensorrt~={major_minor_patch}"))
-    (trtllm_info / "entry_points.txt").write_text(
-        "[console_scripts]\ntrtllm-build = tensorrt_llm.commands.build:main\n")
+    scripts = ["trtllm-serve = tensorrt_llm.commands.serve:main"]
+    if engine_builder:
+        scripts.insert(0, "trtllm-build = tensorrt_llm.commands.build:main")
+    else:
+        (bin_dir / "trtllm-build").unlink()
+    (trtllm_info / "entry_points.txt").write_text("[console_scripts]\n" + "\n".join(scripts) + "\n")
     trt_info = site / f"tensorrt-{tensorrt_version}.dist-info"
     trt_info.mkdir()
     (trt_info / "METADATA").write_text(_metadata("tensorrt", tensorrt_version, "Stand-in for TensorRT"))

@@ -56,20 +56,29 @@ class BuildConfig:
         return cls(**data)
 
     def update_kv_cache_type(self, architecture: str) -> None:
-        """kv_cache_type vs the deprecated paged_kv_cache / paged_state plugin flags; unset -> PAGED."""
+        """BuildConfig.update_kv_cache_type(): kv_cache_type against the deprecated paged_kv_cache (or, for
+        Mamba and RecurrentGemma, paged_state) plugin flag; a contradiction asserts, unset follows the flag."""
         attr = "paged_state" if architecture in ("MambaForCausalLM", "RecurrentGemmaForCausalLM") else "paged_kv_cache"
         paged = self.plugin_config.get(attr)
         kv = self.values["kv_cache_type"]
         if isinstance(kv, str) and not isinstance(kv, KVCacheType):
             kv = self.values["kv_cache_type"] = KVCacheType(kv)
         if kv is not None:
-            if attr == "paged_kv_cache" and paged is not None:
-                assert paged == (kv == KVCacheType.PAGED), "kv_cache_type conflicts with --paged_kv_cache"
-            self.plugin_config.values[attr] = kv == KVCacheType.PAGED
-        elif attr == "paged_kv_cache" and paged is not None:
+            if paged is not None:
+                assert (paged is True and kv == KVCacheType.PAGED) or (paged is False and kv != KVCacheType.PAGED)
+            else:
+                self.plugin_config.values[attr] = kv == KVCacheType.PAGED
+        elif paged is not None:
             self.values["kv_cache_type"] = KVCacheType.PAGED if paged else KVCacheType.CONTINUOUS
         else:
             self.values["kv_cache_type"] = KVCacheType.PAGED
+            self.plugin_config.values[attr] = True
+        # The other flag is forced off (RecurrentGemma keeps paged_kv_cache equal to paged_state).
+        if attr == "paged_state":
+            same = architecture == "RecurrentGemmaForCausalLM"
+            self.plugin_config.values["paged_kv_cache"] = self.plugin_config.get("paged_state") if same else False
+        else:
+            self.plugin_config.values["paged_state"] = False
 
     def to_dict(self) -> dict[str, Any]:
         out = copy.deepcopy(self.values)
@@ -142,6 +151,9 @@ def build(rank: int, gpu: dict[str, Any], ckpt_dir: str | None, pretrained: Pret
     """Build one rank on one GPU (the fake work: deterministic bytes from checkpoint, options and versions)."""
     import tensorrt
 
+    # commands/build.py build_model(): asserted before each rank is built.
+    assert not build_config.plugin_config.get("pp_reduce_scatter") or pretrained.architecture == "MixtralForCausalLM", \
+        "PP reduce scatter is only supported in the mixtral model."
     pretrained = copy.deepcopy(pretrained)
     pretrained.set_rank(rank)
     bc = copy.deepcopy(build_config)
@@ -151,6 +163,7 @@ def build(rank: int, gpu: dict[str, Any], ckpt_dir: str | None, pretrained: Pret
         logger.info(f"max_seq_len is not specified, using deduced value {bc['max_seq_len']}")
     bc.update_kv_cache_type(pretrained.architecture)
     _check_limits(bc)
+    _optimize_model_with_config(bc)
 
     weights_digest = "dummy-weights"
     if ckpt_dir is not None:
@@ -173,6 +186,18 @@ def build(rank: int, gpu: dict[str, Any], ckpt_dir: str | None, pretrained: Pret
         logger.trt("info", "Engine generation completed in 0.01 seconds.")
     seed = _standin.canonical([meta, options_digest, weights_digest]).decode()
     return Engine(pretrained, bc, meta, seed, managed_weights=bool(bc.plugin_config.get("manage_weights")))
+
+
+def _optimize_model_with_config(bc: BuildConfig) -> None:
+    """builder.py optimize_model_with_config(): the SwiGLU GEMM plugins need the fused MLP, fp8 only."""
+    swiglu = bc.plugin_config.get("gemm_swiglu_plugin")
+    low_latency = bc.plugin_config.get("low_latency_gemm_swiglu_plugin")
+    if swiglu or low_latency:
+        if not bc.plugin_config.get("use_fused_mlp"):
+            raise RuntimeError("GemmSwiGLU plugin requires --use_fused_mlp flag")
+        if swiglu not in ("fp8",) and low_latency not in ("fp8",):
+            raise RuntimeError(f"GemmSwiGLU plugin currently has limited support: fp8 only, got: {swiglu}"
+                               f"got: {low_latency}")
 
 
 def _timing_cache(rank: int, gpu: dict[str, Any], bc: BuildConfig) -> None:

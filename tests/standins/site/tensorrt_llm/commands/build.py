@@ -192,6 +192,7 @@ def main() -> None:
         logger.warning("Option --paged_kv_cache is deprecated, use --kv_cache_type=paged/disabled instead.")
 
     plugin_config = PluginConfig.from_arguments(args)
+    plugin_config.validate()  # main(): NotImplementedError for plugins the build GPU does not support
     if args.fast_build:
         plugin_config.set("manage_weights", True)
 

@@ -172,7 +172,18 @@ def _infer_dtype(dtype: str, hf: dict[str, Any]) -> str:
 
 
 def _hf_digest(hf_dir: Path) -> str:
+    """The HF checkpoint's bytes, read as the real loader reads them: every *.safetensors shard is opened
+    with safetensors (safe_open parses and checks its header: random bytes raise), config.json is JSON."""
     files = sorted(p for p in hf_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    shards = [p for p in files if p.suffix == ".safetensors"]
+    if not shards:
+        raise FileNotFoundError(f"no *.safetensors weights in {hf_dir}")
+    for p in shards:
+        try:
+            read_safetensors_header(p)
+        except (ValueError, KeyError, TypeError) as e:
+            # safetensors_rust.SafetensorError, raised by safe_open() in the real loader
+            raise RuntimeError(f"Error while deserializing header: {p}: {e}") from None
     return sha256_files(files, root=hf_dir)
 
 

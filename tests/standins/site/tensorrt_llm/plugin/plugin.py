@@ -103,6 +103,19 @@ class PluginConfig:
             obj.explicitly_disable_gemm_plugin = True
         return obj
 
+    def validate(self) -> None:
+        """PluginConfig.validate(): plugins that SM 100 does not implement (get_sm_version() of the current GPU)."""
+        from .._standin import visible_gpus
+
+        gpus = visible_gpus()
+        sm = int(gpus[0]["compute_cap"].replace(".", "")) if gpus else 0
+        if sm == 100:
+            for name in ("gemm_swiglu_plugin", "fp8_rowwise_gemm_plugin", "low_latency_gemm_plugin",
+                         "low_latency_gemm_swiglu_plugin", "bert_context_fmha_fp32_acc"):
+                val = self.values[name]
+                if val is not None and val is not False:
+                    raise NotImplementedError(f"{name}={val} is not supported on SM {sm}.")
+
     def to_dict(self) -> dict[str, Any]:
         return {"dtype": self.dtype, **{name: self.get(name) for name in FIELDS}}
 

@@ -1,8 +1,13 @@
 """Stand-in for tensorrt_llm/runtime/model_runner.py: ModelRunner.from_dir() load checks and deterministic generate().
 
+As strict as the real 1.2.x where a caller can get it wrong: generate() takes a list of 1-D integer torch
+tensors and returns a [batch, beams, seq] int32 tensor on the first pipeline stage only (None elsewhere);
+from_dir() refuses a multi-rank engine outside an MPI world of its size, and a rank whose GPU does not exist.
+
+Test hook (environment): STANDIN_RUNNER_SIGSEGV=1 makes from_dir() die of SIGSEGV, as a broken engine or
+library does on load.
+
 Differences from the real runtime, on purpose:
-- generate() returns OutputIds, a list subclass (batch x beams x tokens) with .tolist() and .shape, where the
-  real one returns a torch.Tensor of that shape; batch_input_ids may be lists of ints instead of tensors.
 - Tokens are a hash of (engine, prompt, step), not a model's output.
 - from_dir() also refuses an engine dir whose config.json `version` is not this tensorrt_llm's version. The real
   runtime does not read that field; a TensorRT-LLM upgrade shows up there as a plan or plugin that fails to
@@ -14,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +29,9 @@ from ..mapping import Mapping
 from ..version import __version__
 
 
-class OutputIds(list):
-    """output_ids as nested lists [batch][beam][token]; .tolist() and .shape mimic the torch.Tensor API."""
-
-    def tolist(self) -> list[list[list[int]]]:
-        return [[list(beam) for beam in seq] for seq in self]
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (len(self), len(self[0]) if self else 0, len(self[0][0]) if self and self[0] else 0)
+def _mpi_world_size() -> int:
+    """tensorrt_llm._utils.mpi_world_size() under Open MPI (mpirun sets OMPI_COMM_WORLD_SIZE); 1 without MPI."""
+    return int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))
 
 
 def _refuse(msg: str) -> RuntimeError:
@@ -63,6 +63,7 @@ class ModelRunner:
         self.max_beam_width = int(build["max_beam_width"])
         self.gather_context_logits = bool(build.get("gather_context_logits"))
         self.gather_generation_logits = bool(build.get("gather_generation_logits"))
+        self.kv_cache_type = str(build.get("kv_cache_type") or "PAGED").upper()
 
     @property
     def max_sequence_length(self) -> int:
@@ -73,19 +74,35 @@ class ModelRunner:
                  rank: int = 0, debug_mode: bool = False, lora_ckpt_source: str = "hf",
                  medusa_choices: list[list[int]] | None = None, stream: Any = None, gpu_weights_percent: float = 1,
                  enable_context_fmha_fp32_acc: bool | None = None, multi_block_mode: bool | None = None,
-                 ) -> ModelRunner:
+                 fail_fast_on_attention_window_too_large: bool = False) -> ModelRunner:
         import tensorrt
 
+        if os.environ.get("STANDIN_RUNNER_SIGSEGV"):
+            os.kill(os.getpid(), signal.SIGSEGV)
         root = Path(engine_dir)
         config = json.loads((root / "config.json").read_text())
         built_with = config.get("version")
         if built_with != __version__:
             raise _refuse(f"The engine in {root} was built by TensorRT-LLM {built_with}, this is TensorRT-LLM "
                           f"{__version__}; the engine plan file is not compatible with this version, please rebuild.")
+        mapping = config["pretrained_config"]["mapping"]
+        world_size = int(mapping["tp_size"]) * int(mapping["pp_size"])
+        # model_runner.py _engine_config_to_model_config(): the engine's world size must be the MPI world's.
+        assert world_size == _mpi_world_size(), \
+            f"Engine world size ({world_size}) != Runtime world size ({_mpi_world_size()})"
+        kv_cache_type = str(config["build_config"].get("kv_cache_type") or "PAGED").upper()
+        # ModelRunner.from_engine(): an engine without KV cache is for the context phase only.
+        if kv_cache_type == "DISABLED":
+            assert max_output_len == 1 or max_output_len is None, \
+                "Disabled KV cache is intended for context phase only now."
         gpus = _standin.visible_gpus()
         if not gpus:
             raise RuntimeError("CUDA error: no CUDA-capable device is detected")
-        device = gpus[rank % len(gpus)]  # torch.cuda.set_device(rank % device_count)
+        # ModelRunner.from_engine(): torch.cuda.set_device(rank % runtime_mapping.gpus_per_node); a GPU per rank.
+        ordinal = rank % int(mapping.get("gpus_per_node", 8))
+        if ordinal >= len(gpus):
+            raise RuntimeError("CUDA error: invalid device ordinal")
+        device = gpus[ordinal]
         plan = root / f"rank{rank}.engine"
         with open(plan, "rb"):  # FileNotFoundError for a missing rank, as the real one
             pass
@@ -104,8 +121,13 @@ class ModelRunner:
 
     def generate(self, batch_input_ids: list[Any], *, sampling_config: Any = None, max_new_tokens: int = 20,
                  end_id: int | None = None, pad_id: int | None = None, num_beams: int = 1,
-                 **kwargs: Any) -> OutputIds:
-        """Deterministic tokens; output rows are prompt + new tokens, padded with end_id to one length."""
+                 **kwargs: Any) -> Any:
+        """Deterministic tokens; rows are prompt + new tokens, padded with end_id to one length.
+
+        Returns the output ids only on the first pipeline stage, as GenerationSession.decode() does
+        (pp_communicate_final_output_ids sends them from the last stage to the first); None elsewhere."""
+        import torch
+
         if sampling_config is not None:
             end_id = getattr(sampling_config, "end_id", end_id)
             pad_id = getattr(sampling_config, "pad_id", pad_id)
@@ -113,19 +135,29 @@ class ModelRunner:
             num_beams = getattr(sampling_config, "num_beams", num_beams)
         if end_id is None or pad_id is None:
             raise TypeError("SamplingConfig.__init__() missing required arguments: 'end_id' and 'pad_id'")
-        prompts = [[int(t) for t in (p.tolist() if hasattr(p, "tolist") else p)] for p in batch_input_ids]
-        if len(prompts) > self.max_batch_size:
-            raise RuntimeError(f"batch size {len(prompts)} exceeds the engine's max_batch_size {self.max_batch_size}")
-        if num_beams > self.max_beam_width:
-            raise RuntimeError(f"num_beams {num_beams} exceeds the engine's max_beam_width {self.max_beam_width}")
-        longest = max((len(p) for p in prompts), default=0)
+        batch_size = len(batch_input_ids)
+        # ModelRunnerMixin._check_inputs(): x.size(0) on each prompt (AttributeError for a list of ints).
+        input_lengths = [x.size(0) for x in batch_input_ids]
+        if batch_size > self.max_batch_size:
+            raise RuntimeError(f"Input batch size ({batch_size}) exceeds the engine or specified limit "
+                               f"({self.max_batch_size})")
+        longest = max(input_lengths)
         if longest > self.max_input_len:
-            raise RuntimeError(f"input length {longest} exceeds the engine's max_input_len {self.max_input_len}")
+            raise RuntimeError(f"Maximum input length ({longest}) exceeds the engine or specified limit "
+                               f"({self.max_input_len})")
         if longest + max_new_tokens > self.max_seq_len:
-            raise RuntimeError(f"input length {longest} + max_new_tokens {max_new_tokens} exceeds the engine's "
-                               f"max_seq_len {self.max_seq_len}")
+            raise RuntimeError(f"Maximum input length ({longest}) + maximum new tokens ({max_new_tokens}) exceeds "
+                               f"the engine or specified limit ({self.max_seq_len})")
+        if num_beams > self.max_beam_width:
+            raise RuntimeError(f"Num beams ({num_beams}) exceeds the engine or specified limit "
+                               f"({self.max_beam_width})")
+        # ModelRunnerMixin._prepare_inputs(): x.type(torch.int32) (a float tensor would lose token ids here).
+        prompts = [x.type(torch.int32).tolist() for x in batch_input_ids]
+        # ModelRunner.generate(): no KV cache, no generation phase.
+        if self.kv_cache_type == "DISABLED" and max_new_tokens > 1:
+            raise RuntimeError("Disabled KV cache is intended for context phase only now.")
         width = longest + max_new_tokens
-        out = OutputIds()
+        rows = []
         for prompt in prompts:
             beams = []
             for beam in range(num_beams):
@@ -137,8 +169,10 @@ class ModelRunner:
                     if token == end_id:
                         break
                 beams.append(seq + [end_id] * (width - len(seq)))
-            out.append(beams)
-        return out
+            rows.append(beams)
+        if not self.mapping.is_first_pp_rank():
+            return None
+        return torch.tensor(rows, dtype=torch.int32)
 
     def __repr__(self) -> str:
         return f"ModelRunner(engine_dir={os.fspath(self.engine_dir)!r}, rank={self.runtime_rank})"
