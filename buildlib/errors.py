@@ -43,4 +43,14 @@ class BackendUnavailable(UserError):
 
 
 class BuildFailed(Exception):
-    """A build step failed; the message says which and where its log is."""
+    """A build step failed; the message says which and where its log is (`log`, when there is one)."""
+
+    def __init__(self, message: str, log: Path | None = None):
+        super().__init__(message)
+        self.log = log
+
+    def log_moved(self, to: Path) -> BuildFailed:
+        """The same failure, naming the log where it was kept (a temp dir's log is copied out, then removed)."""
+        if self.log is None:
+            return self
+        return BuildFailed(str(self).replace(str(self.log), str(to)), to)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import xxhash
 
+from .errors import UserError
 from .key import canonical_json
 from .statcache import StatCache, identity
 
@@ -35,7 +37,11 @@ def hash_file(path: Path | str, buf_size: int = BUF_SIZE) -> str:
     """
     h = xxhash.xxh3_128()
     buf = _buffer(buf_size)
-    with memoryview(buf) as view, open(path, "rb", buffering=0) as f:
+    try:
+        f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the with below
+    except OSError as e:
+        raise BadInputFile(f"cannot read {path}: {e.strerror}") from None
+    with memoryview(buf) as view, f:
         while n := f.readinto(buf):
             if n == buf_size:
                 h.update(buf)
@@ -77,14 +83,60 @@ def digest_files(paths: Iterable[Path], cache: StatCache | None = None) -> dict[
     return out
 
 
+class BadInputFile(UserError):
+    """A checkpoint (or other input dir) holds something that is not a regular file: named, in one line."""
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"))
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
 def list_files(root: Path) -> list[Path]:
-    """Every regular file under root (following symlinks, as in Hugging Face cache snapshots),
-    skipping dot-entries such as .git/ or .cache/ that do not shape a model."""
+    """Every regular file under root, sorted, skipping dot-entries such as .git/ or .cache/ that do not
+    shape a model. Links to regular files and dirs are followed (a Hugging Face cache snapshot is links
+    into its blob store); anything else is a BadInputFile naming the path, found without opening it
+    (a FIFO would block a reader forever): FIFOs, sockets, devices, dangling links, and directory loops
+    (a link to a dir being walked)."""
     files: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files.extend(Path(dirpath, f) for f in sorted(filenames) if not f.startswith("."))
+    top = os.stat(root)
+    _walk(os.fspath(root), {(top.st_dev, top.st_ino)}, files)
     return files
+
+
+def _walk(d: str, ancestors: set[tuple[int, int]], out: list[Path]) -> None:
+    try:
+        entries = sorted((e for e in os.scandir(d) if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError as e:
+        raise BadInputFile(f"cannot list {d}: {e.strerror}") from None
+    for e in entries:
+        st: os.stat_result | None = None
+        if e.is_symlink():
+            try:
+                st = os.stat(e.path)
+            except OSError:
+                raise BadInputFile(f"{e.path} is a dangling link (or a link loop)") from None
+            mode = st.st_mode
+        elif e.is_dir(follow_symlinks=False):  # the kind comes with the listing (d_type): no stat
+            mode = stat.S_IFDIR
+        elif e.is_file(follow_symlinks=False):
+            mode = stat.S_IFREG
+        else:
+            mode = e.stat(follow_symlinks=False).st_mode
+        if stat.S_ISREG(mode):
+            out.append(Path(e.path))
+        elif stat.S_ISDIR(mode):
+            st = st or os.stat(e.path)
+            ident = (st.st_dev, st.st_ino)
+            if ident in ancestors:
+                raise BadInputFile(f"{e.path} links back to a directory that contains it (a directory loop)")
+            _walk(e.path, ancestors | {ident}, out)
+        else:
+            raise BadInputFile(f"{e.path} is {_kind(mode)}; an input dir may hold only regular files, dirs "
+                               "and links to them")
 
 
 @dataclass(frozen=True)

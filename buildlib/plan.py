@@ -81,7 +81,8 @@ class Planner:
         self._stamps: dict[str, Stamp] | None = None
         self._engines: list[Engine] | None = None
         self._new_stamps: dict[str, Stamp] = {}
-        self._extra: dict[ModelSpec, dict[str, Any]] = {}
+        self._archs: dict[ModelSpec, str | None] = {}
+        self._input_digests: dict[ModelSpec, dict[str, str]] = {}
 
     @property
     def host(self) -> Host:
@@ -171,24 +172,23 @@ class Planner:
         """The backend's build options for the engine; the checkpoint's architecture is read only where the
         options depend on it (never for the default option set, so a no-op reads no config.json)."""
         model = engine.model
-        arch = None
-        if backend.needs_architecture(model):
-            arch = model_architecture(model, checkpoint_dir(self.spec, model))
+        if backend.needs_architecture(model) and model not in self._archs:
+            self._archs[model] = model_architecture(model, checkpoint_dir(self.spec, model))
         try:
-            return backend.engine_build(engine, arch)
+            return backend.engine_build(engine, self._archs.get(model))
         except SpecError as e:
             raise self._model_error(model, e) from None
 
     def _inputs(self, backend: Backend, model: ModelSpec) -> dict[str, str]:
         """Digests of the directories besides the checkpoint that shape the engine (e.g. LoRA adapters)."""
-        if model not in self._extra:
+        if model not in self._input_digests:
             got: dict[str, str] = {}
             for name, d in backend.input_dirs(model, self.spec.project.root).items():
                 if not d.is_dir():
                     raise self._model_error(model, SpecError(f"{d} is not a directory", field=name))
                 got[name] = tree_digest(d, self.cache).digest
-            self._extra[model] = got
-        return self._extra[model]
+            self._input_digests[model] = got
+        return self._input_digests[model]
 
     def converted_dir(self, engine: Engine) -> Path | None:
         fields = self.convert_fields(engine)

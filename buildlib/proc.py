@@ -40,7 +40,7 @@ def run_logged(argv: Sequence[str], log: Path, what: str, env: Mapping[str, str]
         rc = proc.wait()
     if rc != 0:
         how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit status {rc}"
-        raise BuildFailed(f"{what} failed ({how}); full log: {log}\n{tail(log)}")
+        raise BuildFailed(f"{what} failed ({how}); full log: {log}\n{tail(log)}", log)
 
 
 def run_worker(module: str, request: dict, log: Path, what: str, env: Mapping[str, str] | None = None,
@@ -57,4 +57,4 @@ def run_worker(module: str, request: dict, log: Path, what: str, env: Mapping[st
         try:
             return json.loads(res.read_text())
         except (OSError, ValueError):
-            raise BuildFailed(f"{what}: worker wrote no result; full log: {log}\n{tail(log)}") from None
+            raise BuildFailed(f"{what}: worker wrote no result; full log: {log}\n{tail(log)}", log) from None

@@ -61,11 +61,13 @@ def _produce(dest: Path, what: str, make: Any, finish: Any) -> None:
         make(tmp)
         finish(tmp)
         publish(tmp, dest)
-    except BaseException:
-        log = tmp / "build.log"
+    except BaseException as e:
+        log, kept = tmp / "build.log", failed_log(dest)
         if log.exists():
-            shutil.copyfile(log, failed_log(dest))
+            shutil.copyfile(log, kept)
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, BuildFailed) and kept.exists():
+            raise e.log_moved(kept) from None  # name the log that exists afterwards
         raise
     failed_log(dest).unlink(missing_ok=True)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -200,6 +201,8 @@ def test_crash_mid_build_leaves_no_engine_that_looks_fresh(project):
     r = doit(root, "build:llama/sm90/tp2-pp1", env=crash)
     assert r.returncode != 0
     assert "killed by SIGKILL" in r.stdout + r.stderr
+    logs = re.findall(r"full log: (\S+)", r.stdout + r.stderr)
+    assert logs and all(Path(p).is_file() for p in logs)  # the message names the log that is kept
     edir = root / "engines/llama/sm90/tp2-pp1"
     # The old engine is untouched (still describes max_batch_size 64), and it is stale.
     assert json.loads((edir / "manifest.json").read_text())["fields"]["build"]["max_batch_size"] == 64
@@ -207,6 +210,8 @@ def test_crash_mid_build_leaves_no_engine_that_looks_fresh(project):
     assert not list(edir.parent.glob(".tp2-pp1.tmp-*"))
     assert (edir.parent / ".tp2-pp1.failed.log").exists()
     assert _run(root, env, "build:llama/sm90/tp2-pp1") == {"llama/sm90/tp2-pp1"}
+    assert plan(root, env)["llama/sm90/tp2-pp1"]["state"] == "unvalidated"  # built; its validation has not run
+    assert _run(root, env, "validate:llama/sm90/tp2-pp1") == set()
     assert plan(root, env)["llama/sm90/tp2-pp1"]["state"] == "fresh"
 
 

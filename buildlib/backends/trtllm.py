@@ -184,7 +184,9 @@ class TrtllmBackend(Backend):
         assert job.converted is not None
         cache = self.timing_cache(job)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        out_cache = job.out_dir.parent / f".{job.out_dir.name}.timing.cache"
+        # Written beside the cache it replaces (the work dir), so the replace is a rename on one filesystem
+        # wherever engines_dir lives; the name is this build's own, so concurrent builds never share it.
+        out_cache = cache.with_name(f".{cache.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
         argv = ["trtllm-build", "--checkpoint_dir", str(job.converted), "--output_dir", str(job.out_dir),
                 *to_argv(e.model.build_options, str(job.root)),
                 "--workers", str(max(1, min(e.world_size, len(job.gpus)))),
