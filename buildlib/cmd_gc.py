@@ -39,6 +39,7 @@ class Garbage:
     path: Path | None = None  # the local dir (may be gone, with only leftovers beside it)
     beside: list[Path] = field(default_factory=list)
     key: str | None = None  # for store entries
+    keep_path: bool = False  # path is not buildlib's: only the leftovers beside it are removed
 
 
 def tree_size(p: Path) -> int:
@@ -73,13 +74,20 @@ def _grouped(parent: Path) -> Iterator[tuple[str, Path, list[Path]]]:
         yield name, parent / name, beside
 
 
-def _item(kind: str, path: Path, beside: list[Path], why: str, root: Path) -> Garbage:
-    size = tree_size(path) + sum(tree_size(p) for p in beside if not p.name.endswith(".lock"))
+def _ours(path: Path) -> bool:
+    """Whether a dir found where buildlib puts its outputs is one it wrote (it holds buildlib's manifest).
+    A dir without one, or anything else found there, is never removed: only the leftovers of buildlib's own
+    naming beside it (`.X.tmp-<id>`, `.X.old-<id>`, `.X.failed.log`, `.X.lock`) are."""
+    return path.is_dir() and not path.is_symlink() and read_manifest(path) is not None
+
+
+def _item(kind: str, path: Path, beside: list[Path], why: str, root: Path, keep_path: bool = False) -> Garbage:
+    size = (0 if keep_path else tree_size(path)) + sum(tree_size(p) for p in beside if not p.name.endswith(".lock"))
     try:
         where = str(path.relative_to(root))
     except ValueError:
         where = str(path)
-    return Garbage(kind, where, why, size, path, beside)
+    return Garbage(kind, where, why, size, path, beside, keep_path=keep_path)
 
 
 def engine_garbage(planner: Planner) -> list[Garbage]:
@@ -109,7 +117,12 @@ def engine_garbage(planner: Planner) -> list[Garbage]:
                     why = f"{mdir.name} is not built for {adir.name}"
                 else:
                     why = f"{mdir.name} has no {name} config for {adir.name}"
-                out.append(_item("engine", path, beside, why, project.root))
+                if _ours(path) or not os.path.lexists(path):
+                    out.append(_item("engine", path, beside, why, project.root))
+                elif beside:  # a dir that is not buildlib's: only the leftovers beside it go
+                    g = _item("engine", path, beside, f"leftovers beside a dir that is not enginebuild's ({why})",
+                              project.root, keep_path=True)
+                    out.append(g)
     return out
 
 
@@ -140,6 +153,8 @@ def checkpoint_garbage(planner: Planner) -> list[Garbage]:
         m = read_manifest(path)
         if m is not None and m.name in unknown:
             continue
+        if m is None and os.path.lexists(path):
+            continue  # not a converted checkpoint of buildlib's: never removed
         why = f"was {m.name}; no current engine converts to it" if m else "no current engine converts to it"
         out.append(_item("checkpoint", path, beside, why, project.root))
     gen = {generated_dir(spec, m.checkpoint).name for m in spec.models if isinstance(m.checkpoint, GeneratedCheckpoint)}
@@ -207,7 +222,8 @@ def remove(g: Garbage, store: Store | None, stop: Path) -> None:
         return
     assert g.path is not None
     with locked(g.path):
-        _discard(g.path)
+        if not g.keep_path:
+            _discard(g.path)
         for p in g.beside:
             if not p.name.endswith(".lock"):
                 _discard(p)

@@ -10,6 +10,7 @@ from typing import Any
 from . import RECIPE_VERSION
 from .backends import get_backend
 from .backends.base import Backend, model_architecture
+from .confine import claim
 from .engine import Engine
 from .errors import BackendUnavailable, SpecError, Where
 from .gpu import Host, detect_host
@@ -74,6 +75,7 @@ class Planner:
     def __init__(self, spec: Spec, host: Host | None = None):
         self.spec = spec
         self._host = host
+        claim(spec.project.work_dir)  # checked when models.yaml was read (buildlib.confine)
         self.cache = StatCache(spec.project.work_dir / "statcache.sqlite")
         self._digests: dict[Path, TreeDigest] = {}
         self._toolchains: dict[str, dict[str, str | None] | BackendUnavailable] = {}

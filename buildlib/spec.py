@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .confine import claim, refusal
 from .errors import SpecError, Where
 
 if TYPE_CHECKING:
@@ -35,6 +36,17 @@ KV_CACHE_QUANT = {"fp8": "FP8", "int8": "INT8"}
 GENERATORS = {"tinyllama": ("seed", "hidden_size", "num_hidden_layers", "num_attention_heads",
                             "num_key_value_heads", "intermediate_size", "vocab_size",
                             "max_position_embeddings", "dtype")}
+
+# Sizes that no host could build: refused while models.yaml is read, not after hours of work.
+MAX_SIZE = 2**31 - 1  # any size option: TensorRT and torch.export dims are 32-bit
+MAX_WORLD_SIZE = 64  # tp x pp: more GPUs than any host or NVLink domain holds for one engine
+# A generated checkpoint is for demos and tests: bounded dimensions, at most ~1e9 parameters (4 GB in fp32).
+MAX_GENERATED_PARAMS = 1_000_000_000
+GENERATED_LIMITS = {"hidden_size": 16384, "num_hidden_layers": 256, "num_attention_heads": 256,
+                    "num_key_value_heads": 256, "intermediate_size": 65536, "vocab_size": 1 << 20,
+                    "max_position_embeddings": 1 << 20}
+TINYLLAMA_DEFAULTS = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                      "intermediate_size": 128, "vocab_size": 256, "max_position_embeddings": 512}
 
 TOP_KEYS = {"defaults", "models", "engines_dir", "work_dir", "store"}
 MODEL_KEYS = {"backend", "dtype", "quantization", "archs", "parallel", "build", "gpu_name",
@@ -158,6 +170,9 @@ def _cached_spec(cache: Path, key: str) -> Spec | None:
     for m in spec.models:
         if isinstance(m.checkpoint, Path) and not m.checkpoint.is_dir():
             return None  # re-parse: it raises the file:line error
+    p = spec.project
+    if refusal(p.engines_dir, "engines_dir", p.root) or refusal(p.work_dir, "work_dir", p.root):
+        return None  # re-parse: it raises the file:line error
     return spec
 
 
@@ -194,6 +209,7 @@ def load_spec(models_path: Path | str, use_cache: bool = True) -> Spec:
     spec = _cached_spec(cache, key)
     if spec is None:
         spec = _parse(path, text)
+        claim(spec.project.work_dir)
         _store_spec(spec.project.work_dir / SPEC_CACHE, key, spec)
     return spec
 
@@ -214,6 +230,10 @@ def _parse(path: Path, text: str) -> Spec:
         work_dir=root / _opt_str(doc, ("work_dir",), top.get("work_dir", ".buildlib")),
         store=_opt_str(doc, ("store",), top.get("store")) if top.get("store") is not None else None,
     )
+    for kind in ("engines_dir", "work_dir"):
+        why = refusal(getattr(project, kind), kind, root)
+        if why:
+            raise doc.error((kind,), f"{getattr(project, kind)} {why}")
     defaults = top.get("defaults", {}) or {}
     if not isinstance(defaults, dict):
         raise doc.error(("defaults",), "must be a mapping")
@@ -354,8 +374,12 @@ def _checkpoint(doc: YamlDoc, root: Path, at: tuple, v: Any) -> Path | Generated
             if k == "dtype":
                 if x not in DTYPES:
                     raise doc.error(at + (k,), f"must be one of {', '.join(DTYPES)}")
-            elif not _is_int(x) or x < 0:
-                raise doc.error(at + (k,), f"must be a non-negative integer; got {x!r}")
+            elif k == "seed":
+                if not _is_int(x) or x < 0:
+                    raise doc.error(at + (k,), f"must be a non-negative integer; got {x!r}")
+            elif not _is_int(x) or not 1 <= x <= GENERATED_LIMITS[k]:
+                raise doc.error(at + (k,), f"must be an integer from 1 to {GENERATED_LIMITS[k]:,}; got {x!r}")
+        _check_generated(doc, at, {**TINYLLAMA_DEFAULTS, **{k: x for k, x in params.items() if k in GENERATED_LIMITS}})
         return GeneratedCheckpoint(gen, tuple(sorted(params.items())))
     if not isinstance(v, str) or not v:
         raise doc.error(at, "must be a path to a Hugging Face checkpoint dir, or {generate: tinyllama, seed: N}")
@@ -363,6 +387,21 @@ def _checkpoint(doc: YamlDoc, root: Path, at: tuple, v: Any) -> Path | Generated
     if not p.is_dir():
         raise doc.error(at, f"checkpoint dir {v!r} does not exist (resolved to {p})")
     return p
+
+
+def _check_generated(doc: YamlDoc, at: tuple, d: dict[str, int]) -> None:
+    """A Llama shape that transformers can build, and small enough to write."""
+    heads, kv, hidden = d["num_attention_heads"], d["num_key_value_heads"], d["hidden_size"]
+    if hidden % heads:
+        raise doc.error(at + ("num_attention_heads",), f"must divide hidden_size ({hidden}); got {heads}")
+    if heads % kv:
+        raise doc.error(at + ("num_key_value_heads",), f"must divide num_attention_heads ({heads}); got {kv}")
+    kv_dim = hidden // heads * kv
+    per_layer = 2 * hidden * hidden + 2 * hidden * kv_dim + 3 * hidden * d["intermediate_size"] + 2 * hidden
+    params = 2 * d["vocab_size"] * hidden + d["num_hidden_layers"] * per_layer
+    if params > MAX_GENERATED_PARAMS:
+        raise doc.error(at, f"would have {params:,} parameters; a generated checkpoint is for demos and tests "
+                        f"(at most {MAX_GENERATED_PARAMS:,}): use a real checkpoint dir")
 
 
 def _parallel(doc: YamlDoc, at: tuple, v: Any) -> tuple[tuple[int, int], ...]:
@@ -377,6 +416,9 @@ def _parallel(doc: YamlDoc, at: tuple, v: Any) -> tuple[tuple[int, int], ...]:
         for k, x in (("tp", tp), ("pp", pp)):
             if not _is_int(x) or x < 1:
                 raise doc.error(at + (j, k), f"must be an integer >= 1; got {x!r}")
+        if tp * pp > MAX_WORLD_SIZE:
+            raise doc.error(at + (j,), f"tp{tp}-pp{pp} needs {tp * pp} GPUs for one engine; no host holds more than "
+                            f"{MAX_WORLD_SIZE}")
         if (tp, pp) in out:
             raise doc.error(at + (j,), f"tp{tp}-pp{pp} is listed twice")
         out.append((tp, pp))

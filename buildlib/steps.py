@@ -13,6 +13,7 @@ from typing import Any
 
 from .backends import get_backend
 from .backends.base import Job
+from .confine import claim
 from .engine import Engine
 from .errors import BuildFailed
 from .gpu import Gpu
@@ -125,6 +126,7 @@ def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None,
     """
     backend = get_backend(engine.model.backend)
     dest = engine.dir(planner.spec.project)
+    claim(planner.spec.project.engines_dir)  # checked when models.yaml was read (buildlib.confine)
     with locked(dest):
         st = planner.state(engine)
         if st.state == FRESH:

@@ -45,6 +45,7 @@ from urllib.parse import unquote, urlparse
 
 import xxhash
 
+from .confine import claim, refusal
 from .errors import UserError
 from .manifest import MANIFEST, NOT_OUTPUTS, Manifest, read_manifest
 from .publish import fsync_dir, fsync_tree
@@ -292,6 +293,7 @@ class DirStore(Store):
         incoming = self.root / ".incoming" / f"{key}-{os.urandom(6).hex()}"
         try:
             try:
+                claim(self.root)
                 incoming.mkdir(parents=True)
             except PermissionError:
                 raise StoreError(f"cannot write to store dir {self.root}: permission denied; give this user write "
@@ -640,6 +642,9 @@ def open_store(url: str, work_dir: Path) -> Store:
     if not root.is_dir():
         raise StoreError(f"store dir {root} does not exist; create it (mkdir -p {root}) or fix `store:` "
                          f"in models.yaml / {ENV_STORE} (is the shared filesystem mounted?)")
+    why = refusal(root, "store", None)
+    if why:
+        raise StoreError(f"store dir {root} {why}")
     return DirStore(root, raw if scheme else str(root))
 
 

@@ -14,7 +14,7 @@ from ..engine import Engine
 from ..errors import BackendUnavailable, BuildFailed, SpecError
 from ..gpu import Host
 from ..proc import run_worker
-from ..spec import GPU_ARCH_RE, ModelSpec
+from ..spec import GPU_ARCH_RE, MAX_SIZE, ModelSpec
 from .base import Backend, Job, dist_version
 
 # The envelope the exported graph is specialized for (dynamic batch and sequence dims).
@@ -43,8 +43,8 @@ class AotiBackend(Backend):
                 close = difflib.get_close_matches(k, list(BUILD_DEFAULTS), n=1)
                 hint = f"did you mean {close[0]!r}?" if close else f"aoti takes {', '.join(BUILD_DEFAULTS)}"
                 raise SpecError(f"unknown aoti build option; {hint}", field=k)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise SpecError(f"must be an integer >= 1; got {v!r}", field=k)
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= MAX_SIZE:
+                raise SpecError(f"must be an integer from 1 to {MAX_SIZE}; got {v!r}", field=k)
         out = {**BUILD_DEFAULTS, **build}
         if out["max_input_len"] > out["max_seq_len"]:
             raise SpecError(f"max_input_len {out['max_input_len']} exceeds max_seq_len {out['max_seq_len']}",

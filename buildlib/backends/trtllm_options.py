@@ -6,6 +6,8 @@ import difflib
 import os
 from dataclasses import dataclass
 
+from ..spec import MAX_SIZE
+
 # Sources, read at the 1.2.x line (pydantic BuildConfig/PluginConfig, Oct 2025 on):
 #   tensorrt_llm/commands/build.py   parse_arguments(): flags, aliases, defaults from BuildConfig.model_fields
 #   tensorrt_llm/plugin/plugin.py    PluginConfig fields + cli_plugin_args + add_plugin_argument()
@@ -224,6 +226,8 @@ def _check_value(opt: BuildOption, value: object) -> object:
         low = 1 if opt.name in _POSITIVE else 0
         if value < low:
             raise OptionError(opt.name, f"must be >= {low}, got {value}")
+        if value > MAX_SIZE:
+            raise OptionError(opt.name, f"must be <= {MAX_SIZE} (TensorRT sizes are 32-bit), got {value}")
         return value
     if opt.kind == "float":
         if isinstance(value, bool) or not isinstance(value, int | float):
