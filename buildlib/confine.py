@@ -81,6 +81,11 @@ def claim(d: Path) -> None:
     d.mkdir(parents=True, exist_ok=True)
     marker = d / MARKER
     if not marker.exists():
-        tmp = d / f"{MARKER}.{os.getpid()}.tmp"
-        tmp.write_text("This directory is written by enginebuild (buildlib); `doit gc` removes only what it wrote.\n")
-        os.replace(tmp, marker)
+        tmp = d / f".{MARKER}.{os.getpid()}.tmp"
+        try:
+            tmp.write_text("This directory is written by enginebuild (buildlib); `doit gc` removes only what it "
+                           "wrote.\n")
+            os.replace(tmp, marker)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from doit.cmd_base import TaskLoader2
 from doit.task import Task, dict_to_task
 
+from . import interrupt
 from .errors import EXIT_USAGE, UserError
 from .reporter import EngineReporter
 from .tasks import LeftOut, group_names, planner_for, task_dicts
@@ -29,6 +30,7 @@ def exit_on_user_error(fn: Callable[[], T]) -> T:
 def doit_config(models: str | Path) -> dict[str, Any]:
     """DOIT_CONFIG for a models.yaml. Parsing (and validating) it here, before doit opens its
     database, means bad input writes nothing."""
+    interrupt.install()  # Ctrl-C / SIGTERM unwind the run and end it in one line (no traceback, no orphans)
     planner = exit_on_user_error(lambda: planner_for(models))
     exit_on_user_error(lambda: planner.store)  # a misconfigured store is bad input too
     return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -22,6 +23,33 @@ def tail(log: Path, n: int = TAIL_LINES) -> str:
     return "\n".join(lines[-n:])
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the explicit stop_group() still applies
+        pass
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM the child's process group, wait up to `grace` seconds, then SIGKILL it; reap the child."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        # the leader is gone; make sure nothing of its group is left
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        break
+
+
 def run_logged(argv: Sequence[str], log: Path, what: str, env: Mapping[str, str] | None = None,
                cwd: Path | None = None, echo: bool = False) -> None:
     """Run argv with stdout+stderr appended to log (streamed line by line to our stdout too when
@@ -30,14 +58,21 @@ def run_logged(argv: Sequence[str], log: Path, what: str, env: Mapping[str, str]
     with open(log, "ab") as f:
         f.write(f"$ {' '.join(argv)}\n".encode())
         f.flush()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, cwd=cwd)
+        # Its own process group, so the whole tree (mpirun and its ranks, trtllm-build's workers) can be
+        # stopped together; and it dies with us even if we are SIGKILLed (PR_SET_PDEATHSIG).
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, cwd=cwd,
+                                start_new_session=True, preexec_fn=_die_with_parent)
         assert proc.stdout is not None
-        for line in proc.stdout:
-            f.write(line)
-            if echo:
-                sys.stdout.buffer.write(line)
-                sys.stdout.flush()
-        rc = proc.wait()
+        try:
+            for line in proc.stdout:
+                f.write(line)
+                if echo:
+                    sys.stdout.buffer.write(line)
+                    sys.stdout.flush()
+            rc = proc.wait()
+        except BaseException:  # Ctrl-C, SIGTERM (buildlib.interrupt), a full disk: stop the whole group first
+            stop_group(proc)
+            raise
     if rc != 0:
         how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit status {rc}"
         raise BuildFailed(f"{what} failed ({how}); full log: {log}\n{tail(log)}", log)

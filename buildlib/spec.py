@@ -50,7 +50,7 @@ TINYLLAMA_DEFAULTS = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_
 
 TOP_KEYS = {"defaults", "models", "engines_dir", "work_dir", "store"}
 MODEL_KEYS = {"backend", "dtype", "quantization", "archs", "parallel", "build", "gpu_name",
-              "max_workers", "validate", "model_class"}
+              "max_workers", "validate", "model_class", "trust_remote_code"}
 NAMED_KEYS = {"name", "checkpoint"}
 
 
@@ -83,6 +83,7 @@ class ModelSpec:
     validate: bool
     model_class: str | None
     line: int | None = None
+    trust_remote_code: bool = False  # allow checkpoints with custom code (auto_map) or pickle weights
 
     @property
     def build_options(self) -> dict[str, Any]:
@@ -305,6 +306,9 @@ def _model(doc: YamlDoc, root: Path, defaults: dict, entry: dict, where: tuple, 
     validate = m.get("validate", True)
     if not isinstance(validate, bool):
         raise doc.error(at("validate"), f"must be true or false; got {validate!r}")
+    trust = m.get("trust_remote_code", False)
+    if not isinstance(trust, bool):
+        raise doc.error(at("trust_remote_code"), f"must be true or false; got {trust!r}")
     model_class = m.get("model_class")
     if model_class is not None and (not isinstance(model_class, str) or not model_class.isidentifier()):
         raise doc.error(at("model_class"), f"must be a class name like LlamaForCausalLM; got {model_class!r}")
@@ -313,7 +317,7 @@ def _model(doc: YamlDoc, root: Path, defaults: dict, entry: dict, where: tuple, 
         quantization=tuple(sorted(quant.items())) if quant else None,
         archs=tuple(archs), parallel=parallel, build=tuple(sorted(build.items())),
         gpu_name=gpu_name, max_workers=max_workers, validate=validate,
-        model_class=model_class, line=doc.line(at("name")[:-1]),
+        model_class=model_class, line=doc.line(at("name")[:-1]), trust_remote_code=trust,
     )
     try:
         backend.check_model(spec)

@@ -13,6 +13,7 @@ from typing import Any
 
 from .backends import get_backend
 from .backends.base import Job
+from .checkpoint import check_checkpoint
 from .confine import claim
 from .engine import Engine
 from .errors import BuildFailed
@@ -73,6 +74,13 @@ def _produce(dest: Path, what: str, make: Any, finish: Any) -> None:
     failed_log(dest).unlink(missing_ok=True)
 
 
+def check_inputs(planner: Planner, model: ModelSpec) -> None:
+    """The checkpoint is readable and trusted (buildlib.checkpoint) before any worker is started on it."""
+    ckpt = planner.checkpoint(model)
+    if ckpt is not None:
+        check_checkpoint(checkpoint_dir(planner.spec, model), list(ckpt.files), model.trust_remote_code)
+
+
 def convert(planner: Planner, engine: Engine) -> None:
     """HF checkpoint -> the backend's intermediate checkpoint, content-addressed by convert key."""
     backend = get_backend(engine.model.backend)
@@ -87,6 +95,7 @@ def convert(planner: Planner, engine: Engine) -> None:
             return
         ckpt = planner.checkpoint(engine.model)
         assert ckpt is not None
+        check_inputs(planner, engine.model)
 
         want = backend.convert_gpus(engine)
         if want and not planner.host.gpus:
@@ -144,6 +153,8 @@ def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None,
         converted = planner.converted_dir(engine) if backend.has_convert else None
         if converted is not None and read_manifest(converted) is None:
             convert(planner, engine)
+        elif converted is None:
+            check_inputs(planner, engine.model)  # the backend reads the checkpoint itself
         with _slots(planner, engine, backend.gpus_needed(engine), gpus, priority, f"build:{engine.id}") as held:
             say(f"building {engine.id} ({'; '.join(st.reasons)})" + (f" on {describe(held)}" if held else ""))
             t0 = time.monotonic()

@@ -18,6 +18,7 @@ from . import steps
 from .backends import get_backend
 from .engine import Engine
 from .errors import BackendUnavailable, BuildFailed, UserError
+from .interrupt import no_space
 from .plan import BLOCKED, FRESH, MISSING, STALE, Planner, checkpoint_dir
 from .sched import engine_expected_seconds, order_longest_first
 from .spec import GeneratedCheckpoint, ModelSpec, Project, Spec, load_spec
@@ -91,13 +92,19 @@ class CheckpointReady:
 
 
 def _failed_is_task_failure(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A BuildFailed becomes doit's TaskFailed: its message (naming the log), exit status 1, no traceback."""
+    """A BuildFailed (or a full disk) becomes doit's TaskFailed: its message (naming the log), exit status 1,
+    no traceback."""
     @functools.wraps(fn)
     def action(*args: Any) -> Any:
         try:
             return fn(*args)
         except (BuildFailed, UserError) as e:
             return TaskFailed(str(e))
+        except OSError as e:
+            full = no_space(e)
+            if full is None:
+                raise
+            return TaskFailed(full)
     return action
 
 

@@ -84,3 +84,53 @@ def test_links_to_regular_files_are_followed_like_a_hf_cache_snapshot(repo, stan
     r = doit(repo, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert plan(repo, env)["llama/sm90/tp1-pp1"]["state"] == "fresh"
+
+
+def _truncated(d: Path) -> None:
+    shard = d / "model-00002-of-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-10])
+
+
+def _random(d: Path) -> None:
+    (d / "model-00002-of-00002.safetensors").write_bytes(os.urandom(4096))
+
+
+def _bad_json(d: Path) -> None:
+    (d / "config.json").write_text('{"architectures": ["LlamaForCausalLM"],')
+
+
+def _auto_map(d: Path) -> None:
+    (d / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "auto_map": {"AutoModel": "x.Y"}}')
+
+
+def _pickle(d: Path) -> None:
+    (d / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")
+
+
+@pytest.mark.parametrize("make,culprit,what", [
+    (_truncated, "model-00002-of-00002.safetensors", "the file has"),
+    (_random, "model-00002-of-00002.safetensors", "not a safetensors file"),
+    (_bad_json, "config.json", "not valid JSON"),
+    (_auto_map, "config.json", "trust_remote_code: true"),
+    (_pickle, "pytorch_model.bin", "pickle weights run code"),
+])
+def test_malformed_or_untrusted_checkpoints_fail_before_any_worker(repo, standins, make, culprit, what):
+    make(repo / "ckpt/llama")
+    env = standins(gpus=[H100])
+    r = doit(repo, env=env)
+    assert r.returncode == 1
+    out = r.stdout + r.stderr
+    assert f"{repo / 'ckpt/llama' / culprit}: " in out and what in out
+    assert "Traceback" not in out
+    converted = repo / ".buildlib/checkpoints"
+    assert not converted.exists() or not [p for p in converted.iterdir() if not p.name.startswith(".")]
+    assert not list((repo / ".buildlib").glob("checkpoints/.*.failed.log"))  # no worker ever started
+
+
+def test_trust_remote_code_lets_a_pickle_checkpoint_through(repo, standins):
+    _pickle(repo / "ckpt/llama")
+    (repo / "models.yaml").write_text(MODELS + "    trust_remote_code: true\n")
+    env = standins(gpus=[H100])
+    r = doit(repo, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert plan(repo, env)["llama/sm90/tp1-pp1"]["state"] == "fresh"

@@ -1,0 +1,133 @@
+"""Faults (issue #11): Ctrl-C, SIGTERM, a full disk, secrets in the environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import H100, LOADER_PYPROJECT, doit, plan, trtllm_log, write_hf_checkpoint
+
+MODELS = """\
+{top}defaults:
+  backend: trtllm
+  archs: [sm90]
+  build: {{max_batch_size: 8, max_seq_len: 512}}
+models:
+  - name: done
+    checkpoint: ckpt/done
+  - name: llama
+    checkpoint: ckpt/llama
+    parallel: [{{tp: 2, pp: 1}}]
+"""
+
+
+def repo(root: Path, top: str = "") -> Path:
+    write_hf_checkpoint(root / "ckpt/llama", shards=2, seed=3)
+    write_hf_checkpoint(root / "ckpt/done", shards=1, seed=4)
+    (root / "models.yaml").write_text(MODELS.format(top=top))
+    (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
+    return root
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is dead too (only its exit status is left)
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_mid_build_stops_everything_and_the_next_run_finishes(tmp_path, standins, sig, code):
+    root = repo(tmp_path / "repo")
+    env = standins(gpus=[H100, H100])
+    assert doit(root, "validate:done/sm90/tp1-pp1", env=env).returncode == 0  # a finished engine
+    fifo = tmp_path / "started"
+    os.mkfifo(fifo)
+    hooked = {**env, "STANDIN_TRTLLM_STARTED_FIFO": str(fifo)}
+    proc = subprocess.Popen([sys.executable, "-m", "doit"], cwd=root, env=hooked, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    with open(fifo) as f:  # the stand-in trtllm-build has written rank 0 and waits to be killed
+        f.read()
+    builder = trtllm_log(env)[-1]["pid"]
+    assert alive(builder)
+    proc.send_signal(sig)  # to doit alone, as `kill <pid>` or a CI cancel does
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, out + err
+    assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err, err
+    assert not alive(builder)  # the builder's whole process group was stopped and waited for
+    edir = root / "engines/llama/sm90/tp2-pp1"
+    assert not list(edir.parent.glob(".tp2-pp1.tmp-*")) and not (edir / "manifest.json").exists()
+    assert not list((root / ".buildlib/timing-cache").glob(".*.tmp"))
+    assert plan(root, env)["done/sm90/tp1-pp1"]["state"] == "fresh"  # finished work is kept
+    r = doit(root, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert {s["state"] for s in plan(root, env).values()} == {"fresh"}
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    """A 256 KiB tmpfs (needs root and mount rights, as on CI's machine)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_is_one_line_and_the_next_run_finishes(tmp_path, standins, small_fs):
+    engines = small_fs / "engines"
+    root = repo(tmp_path / "repo", f"engines_dir: {engines}\n")
+    env = standins(gpus=[H100, H100])
+    filler = small_fs / "filler"
+    with open(filler, "wb", buffering=0) as f:  # fill the disk to the last block
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    r = doit(root, env=env)
+    assert r.returncode == 1
+    out = r.stdout + r.stderr
+    assert "no space left on device: " in out and "Traceback" not in out, out
+    leftovers = list(engines.rglob(".*.tmp*")) if engines.exists() else []
+    assert leftovers == []  # nothing half-written is left behind
+    filler.unlink()
+    r = doit(root, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert {s["state"] for s in plan(root, env).values()} == {"fresh"}
+
+
+def test_secrets_in_the_environment_are_written_nowhere(tmp_path, standins):
+    secrets = {"HF_TOKEN": "hf_SECRETtoken0123456789", "AWS_SECRET_ACCESS_KEY": "awsSECRETkey0123456789/abc",
+               "AWS_SESSION_TOKEN": "awsSESSIONsecret987654321"}
+    store = tmp_path / "store"
+    store.mkdir()
+    root = repo(tmp_path / "repo", f"store: {store}\n")
+    env = {**standins(gpus=[H100, H100]), **secrets}
+    r = doit(root, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    r = doit(root, "report", "--junit", str(root / "report.xml"), "--markdown", str(root / "report.md"), env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    written = [p for d in (root, store) for p in d.rglob("*") if p.is_file()]
+    assert any(p.name == "manifest.json" for p in written) and (root / "report.xml").is_file()
+    for p in written:
+        data = p.read_bytes()
+        for name, value in secrets.items():
+            assert value.encode() not in data, f"{name} leaked into {p}"
+    for value in secrets.values():
+        assert value not in r.stdout + r.stderr
+    m = json.loads((root / "engines/done/sm90/tp1-pp1/manifest.json").read_text())
+    assert "HF_TOKEN" not in json.dumps(m)
