@@ -18,7 +18,8 @@ from .confine import claim
 from .engine import Engine
 from .errors import BuildFailed
 from .gpu import Gpu
-from .key import key_of
+from .hashing import hash_file
+from .key import canonical_json, key_of
 from .manifest import (
     VALIDATION,
     Manifest,
@@ -141,7 +142,7 @@ def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None,
         if st.state == FRESH:
             return FRESH, None
         store = planner.store
-        if store is not None and st.key and _restore(planner, store, st.key, dest):
+        if store is not None and st.key and _restore(planner, store, st.key, st.fields or {}, dest):
             say(f"restored {engine.id} from {store.url}")
             return FRESH, None
         if st.state == BLOCKED:
@@ -170,6 +171,9 @@ def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None,
             def finish(tmp: Path) -> None:
                 built = {"seconds": round(time.monotonic() - t0, 3), "gpus": [g.name for g in held],
                          "gpu_indices": [g.index for g in held]}
+                log = tmp / "build.log"
+                if log.is_file():  # so a store entry's log can be verified like its outputs
+                    built["log"] = [log.stat().st_size, hash_file(log)]
                 write_manifest(tmp, Manifest(st.key, st.fields, record_outputs(tmp, planner.cache),
                                              {r: list(v) for r, v in ckpt.files.items()}, engine.id, built))
 
@@ -180,7 +184,7 @@ def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None,
         return FRESH, None
 
 
-def _restore(planner: Planner, store: Store, key: str, dest: Path) -> bool:
+def _restore(planner: Planner, store: Store, key: str, fields: dict[str, Any], dest: Path) -> bool:
     """Pull key from the store into a temp dir beside dest, verifying every file, then publish.
     A corrupt entry is reported and removed from the store (so the rebuild can replace it)."""
     try:
@@ -190,6 +194,8 @@ def _restore(planner: Planner, store: Store, key: str, dest: Path) -> bool:
         tmp = temp_dir_for(dest)
         try:
             m = store.pull(key, tmp)
+            if canonical_json(m.fields) != canonical_json(fields):
+                raise StoreCorrupt(f"{store.url}/{key}: its manifest describes another engine than {dest}")
             publish(tmp, dest)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

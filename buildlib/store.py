@@ -47,6 +47,7 @@ import xxhash
 
 from .confine import claim, refusal
 from .errors import UserError
+from .key import key_of
 from .manifest import MANIFEST, NOT_OUTPUTS, Manifest, read_manifest
 from .publish import fsync_dir, fsync_tree
 
@@ -100,6 +101,10 @@ class Store(ABC):
     def remove(self, key: str) -> None:
         """Unpublish an entry (atomically first, then delete its files); absent keys are ignored."""
 
+    @abstractmethod
+    def entry_names(self, key: str) -> list[str]:
+        """Every file an entry holds (relpaths), whether or not its manifest lists it (for `doit verify`)."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
 
@@ -133,9 +138,22 @@ def _parse_manifest(data: bytes, key: str, where: str) -> Manifest:
         raise StoreCorrupt(f"{where}/{MANIFEST}: unreadable or of another schema")
     if m.key != key:
         raise StoreCorrupt(f"{where}/{MANIFEST}: names key {m.key}, not {key}")
+    try:
+        recomputed = key_of(m.fields)
+    except (TypeError, ValueError):
+        recomputed = None
+    if recomputed != key:  # an entry edited to pass for another engine: its fields do not hash to its key
+        raise StoreCorrupt(f"{where}/{MANIFEST}: its fields do not hash to its key {key}")
     for rel in m.outputs:
         _safe_rel(rel, where)
     return m
+
+
+def log_digest(m: Manifest) -> list | None:
+    """[size, xxh3-128] of build.log as the manifest records it (manifests before this record none: then
+    the log is not restored, since nothing could vouch for it)."""
+    got = m.built.get("log")
+    return got if isinstance(got, list) and len(got) == 2 else None
 
 
 def entry_files(src: Path, key: str) -> list[tuple[str, int]]:
@@ -253,8 +271,10 @@ class DirStore(Store):
                     for rel, size, digest in pool.map(lambda kv: self._copy_hashing(entry, dest, kv[0]), todo):
                         _check(where, rel, m.outputs[rel], size, digest)
                         self._done(rel, size)
-            if (entry / BUILD_LOG).is_file():
-                shutil.copyfile(entry / BUILD_LOG, dest / BUILD_LOG)
+            want_log = log_digest(m)
+            if want_log is not None and os.path.lexists(entry / BUILD_LOG):
+                rel, size, digest = self._copy_hashing(entry, dest, BUILD_LOG)
+                _check(where, rel, want_log, size, digest)
         except FileNotFoundError as e:
             if not entry.exists():
                 raise KeyError(key) from None  # removed while we pulled
@@ -270,7 +290,17 @@ class DirStore(Store):
         buf = mmap.mmap(-1, COPY_BUF)  # page-aligned; unmapped when collected (views may outlive an error)
         view = memoryview(buf)
         size = 0
-        with open(entry / rel, "rb", buffering=0) as src, _open_dest(dest, rel) as out:
+        path = entry / rel
+        # Links are never followed: an entry's files are its own (O_NOFOLLOW on the file, realpath for its dirs).
+        if os.path.realpath(path.parent) != os.path.join(os.path.realpath(entry), *PurePosixPath(rel).parts[:-1]):
+            raise StoreCorrupt(f"{entry}/{rel}: lies behind a link; the store entry is corrupt")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise StoreCorrupt(f"{entry}/{rel}: is a link; the store entry is corrupt") from None
+            raise
+        with open(fd, "rb", buffering=0) as src, _open_dest(dest, rel) as out:
             if hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(src.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
             while n := src.readinto(buf):
@@ -322,6 +352,14 @@ class DirStore(Store):
         for name in names:
             if not name.startswith(".") and _KEY_RE.match(name) and self.has(name):
                 yield name
+
+    def entry_names(self, key: str) -> list[str]:
+        entry = self._entry(key)
+        out = []
+        for dirpath, dirs, files in os.walk(entry):  # links are listed, never followed
+            out += [os.path.relpath(os.path.join(dirpath, f), entry) for f in files + [d for d in dirs
+                    if os.path.islink(os.path.join(dirpath, d))]]
+        return sorted(out)
 
     def remove(self, key: str) -> None:
         """Rename into `.trash/` (the entry vanishes atomically), then delete it and older leftovers."""
@@ -467,14 +505,16 @@ class S3Store(Store):
             if data is None:
                 raise StoreCorrupt(f"{where}: {MANIFEST} of upload {ref['upload']} is missing")
             m = _parse_manifest(data, key, where)
-            files = [(rel, m.outputs[rel]) for rel in sorted(m.outputs, key=lambda r: -m.outputs[r][0])]
-            if BUILD_LOG in ref["files"]:
-                files.append((BUILD_LOG, None))
+            files: list[tuple[str, list]] = [(rel, m.outputs[rel])
+                                             for rel in sorted(m.outputs, key=lambda r: -m.outputs[r][0])]
+            want_log = log_digest(m)
+            if want_log is not None and BUILD_LOG in ref["files"]:
+                files.append((BUILD_LOG, want_log))
             self._download_all(base, dest, files, where)
         (dest / MANIFEST).write_bytes(data)
         return m
 
-    def _download_all(self, base: str, dest: Path, files: list[tuple[str, list | None]], where: str) -> None:
+    def _download_all(self, base: str, dest: Path, files: list[tuple[str, list]], where: str) -> None:
         from botocore.exceptions import ClientError
 
         expected = dict(files)
@@ -493,9 +533,7 @@ class S3Store(Store):
                             raise StoreCorrupt(f"{where}/{rel}: missing from the store entry") from None
                         raise
                     f.close()
-                    want = expected[rel]
-                    if want is not None:
-                        _check(where, rel, want, w.size, w.hexdigest())
+                    _check(where, rel, expected[rel], w.size, w.hexdigest())
                     self._done(rel, w.size)
             except BaseException:
                 for _, _, _, fut in opened:
@@ -594,6 +632,11 @@ class S3Store(Store):
                 parts = obj[len(root):].split("/")
                 if len(parts) == 2 and parts[1] == REF and _KEY_RE.match(parts[0]):
                     yield parts[0]
+
+    def entry_names(self, key: str) -> list[str]:
+        with self._errors("listing an entry"):
+            ref = self._ref(key)
+        return sorted(ref["files"]) if ref else []
 
     def remove(self, key: str) -> None:
         """Delete ref.json first (the entry vanishes atomically), then its uploads and stray multipart parts."""
