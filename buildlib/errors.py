@@ -31,7 +31,16 @@ class UserError(Exception):
     def __str__(self) -> str:
         prefix = f"{self.where}: " if self.where else ""
         field = f"{self.field}: " if self.field else ""
-        return f"{prefix}{field}{self.message}"
+        return one_line(f"{prefix}{field}{self.message}")
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7f)} | {0x0a: "\\n", 0x0d: "\\r", 0x09: "\\t"}
+
+
+def one_line(text: str) -> str:
+    """The message with control characters escaped: user values (a name, a path) echoed in an error can never
+    break it over several lines or drive the terminal."""
+    return text.translate(_CONTROL)
 
 
 class SpecError(UserError):

@@ -269,6 +269,8 @@ def _model(doc: YamlDoc, root: Path, defaults: dict, entry: dict, where: tuple, 
         raise doc.error(where + ("checkpoint",), "missing; give the Hugging Face checkpoint dir")
     checkpoint = _checkpoint(doc, root, at("checkpoint"), m["checkpoint"])
     backend_name = m.get("backend", "trtllm")
+    if not isinstance(backend_name, str):
+        raise doc.error(at("backend"), f"must be a backend name (trtllm, aoti); got {backend_name!r}")
     try:
         backend = get_backend(backend_name)
     except KeyError as e:
@@ -370,7 +372,7 @@ def _name(doc: YamlDoc, at: tuple, v: Any) -> str:
 def _checkpoint(doc: YamlDoc, root: Path, at: tuple, v: Any) -> Path | GeneratedCheckpoint:
     if isinstance(v, dict):
         gen = v.get("generate")
-        if gen not in GENERATORS:
+        if not (isinstance(gen, str) and gen in GENERATORS):
             raise doc.error(at + ("generate",), f"must be one of {', '.join(GENERATORS)}; got {gen!r}")
         params = {k: x for k, x in v.items() if k != "generate"}
         _no_unknown(doc, at, params, set(GENERATORS[gen]))
@@ -438,9 +440,9 @@ def _quant(doc: YamlDoc, at: tuple, v: Any) -> dict[str, str | None] | None:
         raise doc.error(at, "must be null, an algorithm name, or {algo: fp8, kv_cache: fp8}")
     _no_unknown(doc, at, v, {"algo", "kv_cache"})
     algo, kv = v.get("algo"), v.get("kv_cache")
-    if algo is not None and algo not in QUANT_ALGOS:
+    if algo is not None and not (isinstance(algo, str) and algo in QUANT_ALGOS):
         raise doc.error(at + ("algo",), f"must be one of {', '.join(QUANT_ALGOS)}; got {algo!r}")
-    if kv is not None and kv not in KV_CACHE_QUANT:
+    if kv is not None and not (isinstance(kv, str) and kv in KV_CACHE_QUANT):
         raise doc.error(at + ("kv_cache",), f"must be one of {', '.join(KV_CACHE_QUANT)}; got {kv!r}")
     if algo is None and kv is None:
         return None
