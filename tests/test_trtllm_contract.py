@@ -282,10 +282,18 @@ def test_trtllm_build_argv_is_short(tmp_path, standins):
 # -- 10: a shard that is not safetensors fails conversion, as the real loader does --------------------------
 
 def test_random_bytes_shard_fails_conversion(tmp_path, standins):
+    """doit refuses it before any worker starts (buildlib.checkpoint); the stand-in loader refuses it too, as
+    safetensors' safe_open does in the real conversion."""
     root = project(tmp_path / "repo", "  - name: llama\n    checkpoint: ckpt/llama\n")
-    (root / "ckpt/llama/model-00002-of-00002.safetensors").write_bytes(os.urandom(4096))
+    shard = root / "ckpt/llama/model-00002-of-00002.safetensors"
+    shard.write_bytes(os.urandom(4096))
     env = standins(gpus=[H100])
     r = doit(root, env=env)
     assert r.returncode == 1
-    assert "Error while deserializing header" in r.stdout + r.stderr
-    assert not (root / "engines/llama/sm90/tp1-pp1").exists()
+    assert f"{shard}: not a safetensors file" in r.stdout + r.stderr
+    assert not (root / "engines/llama/sm90/tp1-pp1").exists() and trtllm_log(env) == []
+    code = ("import sys\nfrom tensorrt_llm import Mapping\nfrom tensorrt_llm.models import AutoModelForCausalLM\n"
+            "AutoModelForCausalLM.from_hugging_face(sys.argv[1], 'float16', mapping=Mapping())\n")
+    r = subprocess.run([sys.executable, "-c", code, str(root / "ckpt/llama")], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode != 0 and "Error while deserializing header" in r.stderr
