@@ -5,7 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -77,13 +77,18 @@ def publish(tmp: Path, dest: Path) -> None:
 
 
 @contextmanager
-def locked(dest: Path) -> Iterator[None]:
+def locked(dest: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
     """An exclusive OS lock per output dir (`.<name>.lock` beside it), held across processes and
     hosts sharing a POSIX filesystem, so two concurrent runs never build one engine twice.
-    The OS releases it if the holder dies."""
+    The OS releases it if the holder dies. on_wait is called once if another holder makes us wait."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path(dest), "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -40,12 +40,16 @@ def say(msg: str) -> None:
     print(msg, flush=True)
 
 
+def _waiting(what: str) -> Callable[[], None]:
+    return lambda: say(f"{what}: waiting for another run that holds its lock")
+
+
 def generate_checkpoint(planner: Planner, model: ModelSpec) -> None:
     """Write a generated checkpoint (e.g. the embedded tiny Llama) if it does not exist yet."""
     ckpt = model.checkpoint
     assert isinstance(ckpt, GeneratedCheckpoint)
     dest = checkpoint_dir(planner.spec, model)
-    with locked(dest):
+    with locked(dest, _waiting(f"checkpoint:{model.name}")):
         if dest.is_dir():
             return
         from .tinyllama import write_checkpoint
@@ -90,7 +94,7 @@ def convert(planner: Planner, engine: Engine) -> None:
         raise BuildFailed(f"convert:{engine.convert_id}: checkpoint not generated yet")
     key = key_of(fields)
     dest = planner.spec.project.work_dir / "checkpoints" / key
-    with locked(dest):
+    with locked(dest, _waiting(f"convert:{engine.convert_id}")):
         m = read_manifest(dest)
         if m is not None and m.key == key:
             return
@@ -137,7 +141,7 @@ def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None,
     backend = get_backend(engine.model.backend)
     dest = engine.dir(planner.spec.project)
     claim(planner.spec.project.engines_dir)  # checked when models.yaml was read (buildlib.confine)
-    with locked(dest):
+    with locked(dest, _waiting(f"build:{engine.id}")):
         st = planner.state(engine)
         if st.state == FRESH:
             return FRESH, None

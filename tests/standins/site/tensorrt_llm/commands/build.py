@@ -1,11 +1,14 @@
 """Stand-in for tensorrt_llm/commands/build.py (trtllm-build 1.2.1): the same argparse parser, fake engine builds.
 
 Test hooks (environment):
-  STANDIN_TRTLLM_LOG=<file>            append one JSON line per invocation (argv, cwd, CUDA_VISIBLE_DEVICES, pid)
+  STANDIN_TRTLLM_LOG=<file>            append one JSON line per invocation (argv, cwd, CUDA_VISIBLE_DEVICES, pid,
+                                       and $STANDIN_RUN_TAG as `run`: which of several concurrent runs it was)
   STANDIN_TRTLLM_CRASH_AFTER_RANK=<r>  SIGKILL this process right after rank r's engine is written
   STANDIN_TRTLLM_SLEEP=<seconds>       sleep this long per rank (scheduling benchmarks only)
   STANDIN_TRTLLM_STARTED_FIFO=<fifo>   after rank 0's engine is written, write a line to this FIFO and then
                                        wait forever (until killed): lets a test kill a build mid-way, in sync
+  STANDIN_TRTLLM_GATE=<fifo>           after rank 0's engine is written, read this FIFO to its end: the build
+                                       holds (its lock, its GPUs) until the test closes the writing end
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ def _record_invocation() -> None:
     if not path:
         return
     rec = {"argv": sys.argv[1:], "cwd": os.getcwd(), "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
-           "pid": os.getpid(), "time": time.time()}
+           "pid": os.getpid(), "time": time.time(), "run": os.environ.get("STANDIN_RUN_TAG")}
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, (json.dumps(rec) + "\n").encode())  # one write with O_APPEND: safe across processes
@@ -120,6 +123,10 @@ def build_and_save(rank: int, gpu_id: int, ckpt_dir: str | None, build_config: B
         with open(fifo, "w") as f:
             f.write("rank0 written\n")
         signal.pause()
+    gate = os.environ.get("STANDIN_TRTLLM_GATE")
+    if gate and rank == 0:
+        with open(gate) as f:
+            f.read()
     crash = os.environ.get("STANDIN_TRTLLM_CRASH_AFTER_RANK")
     if crash is not None and crash.strip() != "" and int(crash) == rank:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -187,6 +187,19 @@ def _hf_digest(hf_dir: Path) -> str:
     return sha256_files(files, root=hf_dir)
 
 
+def _record_conversion(hf_dir: Path, mapping: Mapping) -> None:
+    """Test hook: STANDIN_CONVERT_LOG=<file> gets one JSON line per rank converted (and $STANDIN_RUN_TAG)."""
+    path = os.environ.get("STANDIN_CONVERT_LOG")
+    if path:
+        rec = {"hf_dir": str(hf_dir), "rank": mapping.rank, "tp": mapping.tp_size, "pp": mapping.pp_size,
+               "run": os.environ.get("STANDIN_RUN_TAG")}
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (json.dumps(rec) + "\n").encode())  # one O_APPEND write: safe across processes
+        finally:
+            os.close(fd)
+
+
 class PretrainedModel:
     """A converted model of one rank: its config and its (stand-in) weights."""
 
@@ -253,6 +266,7 @@ class PretrainedModel:
         """Read the HF dir and produce this rank's weights (deterministic from the HF files' bytes)."""
         hf_dir = Path(hf_model_or_dir)
         config = cls._config_from_hf(hf_dir, dtype, mapping, quant_config)
+        _record_conversion(hf_dir, config.mapping)
         if config.quantization._requires_calibration:
             raise RuntimeError(
                 f"{cls.__name__}.from_hugging_face: quant_algo={config.quantization.quant_algo} "
