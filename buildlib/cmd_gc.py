@@ -109,7 +109,7 @@ def engine_garbage(planner: Planner) -> list[Garbage]:
                 eid = f"{mdir.name}/{adir.name}/{name}"
                 if eid in current:
                     continue
-                if name in cpu_parallel.get(mdir.name, ()) and not GPU_ARCH_RE.match(adir.name):
+                if name in cpu_parallel.get(mdir.name, ()) and not GPU_ARCH_RE.fullmatch(adir.name):
                     continue
                 if mdir.name not in models:
                     why = f"model {mdir.name} is not in {project.models_path.name}"

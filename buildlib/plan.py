@@ -111,7 +111,7 @@ class Planner:
             self._engines = []
             for m in self.spec.models:
                 backend = get_backend(m.backend)
-                archs = dict.fromkeys(a if GPU_ARCH_RE.match(a) else backend.expand_arch(a, self.host)
+                archs = dict.fromkeys(a if GPU_ARCH_RE.fullmatch(a) else backend.expand_arch(a, self.host)
                                       for a in m.archs)
                 self._engines.extend(Engine(m, a, tp, pp) for a in archs for tp, pp in m.parallel)
         return list(self._engines)

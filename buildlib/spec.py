@@ -17,9 +17,10 @@ if TYPE_CHECKING:
     from .backends.base import Backend
     from .yamldoc import YamlDoc
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-GPU_ARCH_RE = re.compile(r"^sm\d{2,3}[a-z]?$")
-CPU_ARCH_RE = re.compile(r"^(cpu|(x86_64|aarch64|ppc64le|s390x)(-[a-z0-9]+)?)$")
+# Used with fullmatch (`$` alone would let a trailing newline through) and ASCII only (no Unicode digits).
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", re.ASCII)
+GPU_ARCH_RE = re.compile(r"sm[0-9]{2,3}[a-z]?", re.ASCII)
+CPU_ARCH_RE = re.compile(r"cpu|(x86_64|aarch64|ppc64le|s390x)(-[a-z0-9]+)?", re.ASCII)
 GROUP_NAMES = frozenset({"engines", "convert", "build", "validate", "checkpoint", "default"})
 DTYPES = ("float16", "bfloat16", "float32")
 # models.yaml spelling -> TensorRT-LLM QuantAlgo member names.
@@ -282,7 +283,7 @@ def _model(doc: YamlDoc, root: Path, defaults: dict, entry: dict, where: tuple, 
     if not isinstance(archs, list) or not archs:
         raise doc.error(at("archs"), "must be a non-empty list such as [sm80, sm90]")
     for j, a in enumerate(archs):
-        if not isinstance(a, str) or not (GPU_ARCH_RE.match(a) or CPU_ARCH_RE.match(a)):
+        if not isinstance(a, str) or not (GPU_ARCH_RE.fullmatch(a) or CPU_ARCH_RE.fullmatch(a)):
             raise doc.error(at("archs") + (j,), f"{a!r} is not an arch (sm80, sm90, sm100, or cpu)")
     if len(set(archs)) != len(archs):
         raise doc.error(at("archs"), "lists an arch twice")
@@ -362,9 +363,9 @@ def _opt_str(doc: YamlDoc, at: tuple, v: Any) -> str:
 def _name(doc: YamlDoc, at: tuple, v: Any) -> str:
     if v is None:
         raise doc.error(at, "missing; every model needs a name")
-    if not isinstance(v, str) or not NAME_RE.match(v) or ".." in v:
+    if not isinstance(v, str) or not NAME_RE.fullmatch(v) or ".." in v:
         raise doc.error(at, f"{v!r} is not a safe name: use letters, digits, '.', '_', '-' (no '/', no '..')")
-    if v in GROUP_NAMES or GPU_ARCH_RE.match(v) or CPU_ARCH_RE.match(v):
+    if v in GROUP_NAMES or GPU_ARCH_RE.fullmatch(v) or CPU_ARCH_RE.fullmatch(v):
         raise doc.error(at, f"{v!r} is reserved (it names a task group or an arch)")
     return v
 

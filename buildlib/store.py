@@ -116,7 +116,7 @@ class Store(ABC):
 # -- helpers shared by the backends ---------------------------------------------------------
 
 def check_key(key: str) -> str:
-    if not _KEY_RE.match(key):
+    if not _KEY_RE.fullmatch(key):
         raise ValueError(f"invalid store key {key!r}: expected an engine key (letters, digits, '._-', no '/')")
     return key
 
@@ -350,7 +350,7 @@ class DirStore(Store):
         except OSError as e:
             raise StoreError(f"cannot list store dir {self.root}: {e.strerror}; check the mount and permissions") from e
         for name in names:
-            if not name.startswith(".") and _KEY_RE.match(name) and self.has(name):
+            if not name.startswith(".") and _KEY_RE.fullmatch(name) and self.has(name):
                 yield name
 
     def entry_names(self, key: str) -> list[str]:
@@ -630,7 +630,7 @@ class S3Store(Store):
         with self._errors("listing"):
             for obj in self._list(root):
                 parts = obj[len(root):].split("/")
-                if len(parts) == 2 and parts[1] == REF and _KEY_RE.match(parts[0]):
+                if len(parts) == 2 and parts[1] == REF and _KEY_RE.fullmatch(parts[0]):
                     yield parts[0]
 
     def entry_names(self, key: str) -> list[str]:

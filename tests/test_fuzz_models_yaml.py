@@ -73,6 +73,8 @@ NASTIES = {
                         "    checkpoint: {generate: tinyllama, hidden_size: 16384, num_hidden_layers: 256}\n",
     "traversal name": "models:\n  - name: ../../etc\n    checkpoint: ckpt\n",
     "control char name": "models:\n  - name: \"a\\tb\"\n    checkpoint: ckpt\n",
+    "trailing newline name": "models:\n  - name: \"m\\n\"\n    checkpoint: ckpt\n",
+    "unicode digits arch": "models:\n  - name: m\n    checkpoint: ckpt\n    archs: [sm\u0669\u0660]\n",
     "work_dir root": "work_dir: /\nmodels:\n  - name: m\n    checkpoint: ckpt\n",
     "engines in etc": "engines_dir: /etc/engines\nmodels:\n  - name: m\n    checkpoint: ckpt\n",
     "checkpoint is a file": "models:\n  - name: m\n    checkpoint: ckpt/config.json\n",
@@ -178,7 +180,8 @@ def value_mutation(draw: st.DrawFn) -> bytes:
     return yaml.safe_dump(doc, allow_unicode=True).encode()
 
 
-FUZZ = settings(max_examples=1200, deadline=timedelta(seconds=10), database=None,
+# 1,200 per strategy in CI; the longer run behind RELIABILITY.md sets BUILDLIB_FUZZ_EXAMPLES.
+FUZZ = settings(max_examples=int(os.environ.get("BUILDLIB_FUZZ_EXAMPLES", "1200")), deadline=timedelta(seconds=10), database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 

@@ -72,19 +72,19 @@ class AotiBackend(Backend):
                 "compiler": _compiler()}
 
     def blocked_reason(self, engine: Engine, host: Host) -> str | None:
-        if GPU_ARCH_RE.match(engine.arch):
+        if GPU_ARCH_RE.fullmatch(engine.arch):
             return super().blocked_reason(engine, host)
         return None if engine.arch == host.cpu_isa else f"needs an {engine.arch} host"
 
     def _request(self, job: Job, op: str) -> dict[str, Any]:
         e = job.engine
         return {"op": op, "checkpoint": str(job.checkpoint), "package": str(job.out_dir / PACKAGE),
-                "dtype": e.model.dtype, "device": "cuda" if GPU_ARCH_RE.match(e.arch) else "cpu",
+                "dtype": e.model.dtype, "device": "cuda" if GPU_ARCH_RE.fullmatch(e.arch) else "cpu",
                 "cache_dir": str(job.work_dir / "inductor-cache"), **e.model.build_options}
 
     def build(self, job: Job) -> None:
         e = job.engine
-        if GPU_ARCH_RE.match(e.arch) and not job.gpus:
+        if GPU_ARCH_RE.fullmatch(e.arch) and not job.gpus:
             raise BuildFailed(f"build:{e.id} needs an {e.arch} GPU; none was given")
         run_worker("buildlib.backends.aoti_worker", self._request(job, "compile"), job.log, f"build:{e.id}",
                    env=job.visible_env(), cwd=job.work_dir)

@@ -111,7 +111,7 @@ class Backend(ABC):
 
     def blocked_reason(self, engine: Engine, host: Host) -> str | None:
         """Why this host cannot build the engine (`needs an sm80 host`), or None if it can."""
-        if GPU_ARCH_RE.match(engine.arch) and not host.gpus_of(engine.arch, engine.model.gpu_name):
+        if GPU_ARCH_RE.fullmatch(engine.arch) and not host.gpus_of(engine.arch, engine.model.gpu_name):
             gpu = f" with a {engine.model.gpu_name}" if engine.model.gpu_name else ""
             return f"needs an {engine.arch} host{gpu}"
         return None
@@ -122,7 +122,7 @@ class Backend(ABC):
 
     def gpus_needed(self, engine: Engine) -> int:
         """GPUs one build of this engine wants at once (the scheduler may give fewer)."""
-        return 1 if GPU_ARCH_RE.match(engine.arch) else 0
+        return 1 if GPU_ARCH_RE.fullmatch(engine.arch) else 0
 
     def validate_gpus(self, engine: Engine) -> int:
         """GPUs validation needs at once (trtllm: one per rank, under mpirun)."""

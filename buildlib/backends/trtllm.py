@@ -92,7 +92,7 @@ class TrtllmBackend(Backend):
     def check_model(self, model: ModelSpec) -> None:
         """What the real 1.2.x would refuse after GPU time is spent, refused while models.yaml is read."""
         for a in model.archs:
-            if not GPU_ARCH_RE.match(a):
+            if not GPU_ARCH_RE.fullmatch(a):
                 raise SpecError(f"trtllm builds only for GPU archs (sm80, sm90, ...), not {a!r}", field="archs")
         opts = model.build_options
         try:
