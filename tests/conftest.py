@@ -41,6 +41,18 @@ def write_hf_checkpoint(d: Path, shards: int = 2, seed: int = 0, arch: str = "Ll
     return d
 
 
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """The whole tree under root, every path with its size and mtime: "nothing written" compares this, not
+    the top-level names."""
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = Path(dirpath, name)
+            st = p.lstat()
+            out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
 def doit(cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """The real doit CLI in a subprocess (as a user types it)."""
     return subprocess.run([sys.executable, "-m", "doit", *args], cwd=cwd, env=env, capture_output=True, text=True,

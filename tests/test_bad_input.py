@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOADER_PYPROJECT, doit, write_hf_checkpoint
+from tests.conftest import LOADER_PYPROJECT, doit, snapshot, write_hf_checkpoint
 
 GOOD = """\
 defaults:
@@ -62,15 +62,16 @@ def test_bad_input(tmp_path: Path, standins, case, command):
     write_hf_checkpoint(root / "ckpt/llama")
     (root / "models.yaml").write_text(text)
     (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
-    before = sorted(p.name for p in root.iterdir())
-    r = doit(root, *command, env=standins())
+    env = standins()
+    before = snapshot(tmp_path)
+    r = doit(root, *command, env=env)
     assert r.returncode == 2, r.stdout + r.stderr
     err = r.stderr.strip()
     assert "Traceback" not in r.stderr + r.stdout
     assert len(err.splitlines()) == 1, err
     assert err.startswith(f"error: {root / 'models.yaml'}:{line}: "), err
     assert fragment in err, err
-    assert sorted(p.name for p in root.iterdir()) == before  # nothing written
+    assert snapshot(tmp_path) == before  # nothing written, anywhere in the tree
 
 
 def test_missing_models_yaml(tmp_path: Path, standins):

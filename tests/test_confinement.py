@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import H100, LOADER_PYPROJECT, doit, plan, write_hf_checkpoint
+from tests.conftest import H100, LOADER_PYPROJECT, doit, plan, snapshot, write_hf_checkpoint
 
 MODELS = """\
 {top}defaults:
@@ -27,17 +27,6 @@ def repo(root: Path, top: str = "") -> Path:
     (root / "models.yaml").write_text(MODELS.format(top=top))
     (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
     return root
-
-
-def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    """The whole tree: every path with its size and mtime (not just the top-level names)."""
-    out = {}
-    for dirpath, dirs, files in os.walk(root):
-        for name in dirs + files:
-            p = Path(dirpath, name)
-            st = p.lstat()
-            out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns)
-    return out
 
 
 def victim(parent: Path) -> Path:

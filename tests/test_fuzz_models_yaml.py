@@ -181,8 +181,8 @@ def value_mutation(draw: st.DrawFn) -> bytes:
 
 
 # 1,200 per strategy in CI; the longer run behind RELIABILITY.md sets BUILDLIB_FUZZ_EXAMPLES.
-FUZZ = settings(max_examples=int(os.environ.get("BUILDLIB_FUZZ_EXAMPLES", "1200")), deadline=timedelta(seconds=10), database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(max_examples=int(os.environ.get("BUILDLIB_FUZZ_EXAMPLES", "1200")), deadline=timedelta(seconds=10),
+                database=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 @FUZZ

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from buildlib.backends.trtllm_options import OptionError, resolve_build_options, resolve_for_model
-from tests.conftest import H100, LOADER_PYPROJECT, doit, plan, trtllm_log, write_hf_checkpoint
+from tests.conftest import H100, LOADER_PYPROJECT, doit, plan, snapshot, trtllm_log, write_hf_checkpoint
 
 HEAD = """\
 defaults:
@@ -32,10 +32,6 @@ def project(root: Path, models: str, ckpts: dict[str, str] | None = None) -> Pat
     (root / "models.yaml").write_text(HEAD + models)
     (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
     return root
-
-
-def tree(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
 # -- 1, 2: validation hands tensors to generate and reads tokens on the first pipeline stage only --------------
@@ -121,7 +117,7 @@ def test_combinations_the_builder_rejects_are_refused_at_plan_time(tmp_path, sta
     arch = "MambaForCausalLM" if "paged_state" in extra else "LlamaForCausalLM"
     root = project(tmp_path / "repo", "  - name: llama\n    checkpoint: ckpt/llama\n" + extra, {"llama": arch})
     env = standins(gpus=[H100])
-    before = tree(root)
+    before = snapshot(root)
     for args in (("plan",), ()):
         r = doit(root, *args, env=env)
         assert r.returncode == 2, r.stdout + r.stderr
@@ -130,7 +126,7 @@ def test_combinations_the_builder_rejects_are_refused_at_plan_time(tmp_path, sta
         line = 7 + extra.count("\n")  # the build: line, the last of the entry
         assert lines[0].startswith(f"error: {root / 'models.yaml'}:{line}: models[0].{field}: "), lines[0]
         assert why in lines[0]
-    assert tree(root) == before  # nothing written: no .buildlib, no engines, no .doit.db
+    assert snapshot(root) == before  # nothing written: no .buildlib, no engines, no .doit.db
     assert trtllm_log(env) == []
 
 
