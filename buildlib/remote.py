@@ -1,0 +1,70 @@
+"""The step a remote worker runs (a Ray task on a GPU node, or `python -m buildlib.remote REQUEST.json`).
+
+Exactly what a local run does, through the same core (spec, key, plan, steps; no doit): the worker
+reads the same models.yaml (a shared filesystem or the same checkout), computes the engine's key
+itself and refuses to work if it differs from the key the driver planned (another checkout, another
+toolchain, another checkpoint), then builds or validates the engine into the engines dir it sees,
+restoring from and pushing to the shared store as a local build does. It returns what happened as JSON.
+
+Request: {"models": "<models.yaml>", "engine": "<model>/<arch>/tp<N>-pp<M>", "step": "build" | "validate",
+          "key": "<the driver's key>"}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import BuildFailed, UserError
+from .plan import Planner
+from .spec import load_spec
+
+
+class KeyMismatch(UserError):
+    """The worker computes another key than the driver: it builds nothing."""
+
+
+def run_step(req: dict[str, Any]) -> dict[str, Any]:
+    t0 = time.monotonic()
+    planner = Planner(load_spec(Path(req["models"])))
+    engines = {e.id: e for e in planner.engines()}
+    engine = engines.get(req["engine"])
+    if engine is None:
+        raise UserError(f"{req['models']} has no engine {req['engine']} on this worker")
+    st = planner.state(engine)
+    if st.key != req["key"]:
+        raise KeyMismatch(f"{engine.id}: this worker computes key {st.key}, the driver planned {req['key']} "
+                          f"({'; '.join(st.reasons) or 'same inputs, other toolchain or checkout?'}); not building")
+    from . import steps
+
+    out: dict[str, Any] = {"engine": engine.id, "step": req["step"], "key": st.key, "host": socket.gethostname(),
+                           "pid": os.getpid()}
+    if req["step"] == "build":
+        state, why = steps.build(planner, engine)
+        out.update(state=state, why=why)
+    elif req["step"] == "validate":
+        result = steps.validate(planner, engine)
+        out.update(state="blocked" if result is None else "fresh", validation=result)
+    else:
+        raise UserError(f"unknown step {req['step']!r}: build or validate")
+    out["seconds"] = round(time.monotonic() - t0, 3)
+    return out
+
+
+def main() -> None:
+    req = json.loads(Path(sys.argv[1]).read_text())
+    try:
+        result = {"ok": True, **run_step(req)}
+    except (UserError, BuildFailed) as e:
+        result = {"ok": False, "engine": req.get("engine"), "error": str(e)}
+    print(json.dumps(result))
+    sys.exit(0 if result["ok"] else 1)
+
+
+if __name__ == "__main__":
+    main()
