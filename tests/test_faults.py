@@ -44,15 +44,17 @@ def alive(pid: int) -> bool:
         return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_mid_build_stops_everything_and_the_next_run_finishes(tmp_path, standins, sig, code):
+@pytest.mark.parametrize("sig,code,jobs", [(signal.SIGTERM, 143, ()), (signal.SIGINT, 130, ()),
+                                           (signal.SIGTERM, 143, ("-n", "2", "-P", "process"))],
+                         ids=["sigterm", "sigint", "sigterm-parallel-workers"])
+def test_signal_mid_build_stops_everything_and_the_next_run_finishes(tmp_path, standins, sig, code, jobs):
     root = repo(tmp_path / "repo")
     env = standins(gpus=[H100, H100])
     assert doit(root, "validate:done/sm90/tp1-pp1", env=env).returncode == 0  # a finished engine
     fifo = tmp_path / "started"
     os.mkfifo(fifo)
     hooked = {**env, "STANDIN_TRTLLM_STARTED_FIFO": str(fifo)}
-    proc = subprocess.Popen([sys.executable, "-m", "doit"], cwd=root, env=hooked, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "doit", *jobs], cwd=root, env=hooked, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     with open(fifo) as f:  # the stand-in trtllm-build has written rank 0 and waits to be killed
         f.read()
