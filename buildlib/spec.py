@@ -354,9 +354,15 @@ def _no_unknown(doc: YamlDoc, at: tuple, d: dict, allowed: set[str]) -> None:
             raise doc.error(at + (k,), f"unknown key{hint}")
 
 
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _opt_str(doc: YamlDoc, at: tuple, v: Any) -> str:
+    """A non-empty path or URL string, without control characters (a NUL cannot be in a path)."""
     if not isinstance(v, str) or not v:
         raise doc.error(at, f"must be a non-empty string; got {v!r}")
+    if CONTROL_RE.search(v):
+        raise doc.error(at, f"must not contain control characters; got {v!r}")
     return v
 
 
@@ -388,8 +394,9 @@ def _checkpoint(doc: YamlDoc, root: Path, at: tuple, v: Any) -> Path | Generated
                 raise doc.error(at + (k,), f"must be an integer from 1 to {GENERATED_LIMITS[k]:,}; got {x!r}")
         _check_generated(doc, at, {**TINYLLAMA_DEFAULTS, **{k: x for k, x in params.items() if k in GENERATED_LIMITS}})
         return GeneratedCheckpoint(gen, tuple(sorted(params.items())))
-    if not isinstance(v, str) or not v:
-        raise doc.error(at, "must be a path to a Hugging Face checkpoint dir, or {generate: tinyllama, seed: N}")
+    if not isinstance(v, str) or not v or CONTROL_RE.search(v):
+        raise doc.error(at, "must be a path to a Hugging Face checkpoint dir (no control characters), or "
+                        "{generate: tinyllama, seed: N}")
     p = (root / v).absolute()
     if not p.is_dir():
         raise doc.error(at, f"checkpoint dir {v!r} does not exist (resolved to {p})")

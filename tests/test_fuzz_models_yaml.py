@@ -75,6 +75,7 @@ NASTIES = {
     "control char name": "models:\n  - name: \"a\\tb\"\n    checkpoint: ckpt\n",
     "trailing newline name": "models:\n  - name: \"m\\n\"\n    checkpoint: ckpt\n",
     "unicode digits arch": "models:\n  - name: m\n    checkpoint: ckpt\n    archs: [sm\u0669\u0660]\n",
+    "NUL in a path": "engines_dir: \"a\\0b\"\nmodels:\n  - name: m\n    checkpoint: ckpt\n",
     "work_dir root": "work_dir: /\nmodels:\n  - name: m\n    checkpoint: ckpt\n",
     "engines in etc": "engines_dir: /etc/engines\nmodels:\n  - name: m\n    checkpoint: ckpt\n",
     "checkpoint is a file": "models:\n  - name: m\n    checkpoint: ckpt/config.json\n",

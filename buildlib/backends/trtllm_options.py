@@ -6,7 +6,7 @@ import difflib
 import os
 from dataclasses import dataclass
 
-from ..spec import MAX_SIZE
+from ..spec import CONTROL_RE, MAX_SIZE
 
 # Sources, read at the 1.2.x line (pydantic BuildConfig/PluginConfig, Oct 2025 on):
 #   tensorrt_llm/commands/build.py   parse_arguments(): flags, aliases, defaults from BuildConfig.model_fields
@@ -262,8 +262,9 @@ def _check_value(opt: BuildOption, value: object) -> object:
             raise OptionError(opt.name, f"expects a non-empty list (`[a, b]`), got {_type_name(value)}")
         out: list[str] = []  # kept as a tuple: a ModelSpec is hashable
         for item in value:
-            if not isinstance(item, str):
-                raise OptionError(opt.name, f"list items must be strings, got {_type_name(item)}")
+            if not isinstance(item, str) or not item or CONTROL_RE.search(item):
+                raise OptionError(opt.name, f"list items must be non-empty strings without control characters, "
+                                  f"got {_type_name(item)}")
             if opt.choices and item not in opt.choices:
                 raise OptionError(opt.name, f"invalid choice {item!r}; choose from {', '.join(opt.choices)}")
             out.append(item)
