@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BuildFailed, UserError
+from .gpu import Host, detect_gpus
+from .isa import host_isa
 from .plan import Planner
 from .spec import load_spec
 
@@ -31,7 +33,10 @@ class KeyMismatch(UserError):
 
 def run_step(req: dict[str, Any]) -> dict[str, Any]:
     t0 = time.monotonic()
-    planner = Planner(load_spec(Path(req["models"])))
+    # The GPUs this task was given, probed now: a long-lived worker process (Ray reuses them) gets other
+    # GPUs (CUDA_VISIBLE_DEVICES) for each task, so the host is never taken from a cache.
+    host = Host(gpus=detect_gpus(), cpu_isa=host_isa())
+    planner = Planner(load_spec(Path(req["models"])), host=host)
     engines = {e.id: e for e in planner.engines()}
     engine = engines.get(req["engine"])
     if engine is None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from doit.exceptions import TaskFailed
 
-from . import steps
+from . import ray_exec, steps
 from .backends import get_backend
 from .engine import Engine
 from .errors import BackendUnavailable, BuildFailed, UserError
@@ -118,14 +118,42 @@ def convert_action(project: Project, engine: Engine) -> None:
     steps.convert(_planner(project, engine.model), engine)
 
 
+def _on_ray(project: Project, engine: Engine, step: str) -> dict[str, Any] | None:
+    """With BUILDLIB_RAY set, run the step on the cluster first (buildlib.ray_exec); None when off or not needed.
+    The local step that follows then finds the engine fresh (shared engines dir) or restores it (store)."""
+    addr = ray_exec.address()
+    if addr is None:
+        return None
+    planner = _planner(project, engine.model)
+    st = planner.state(engine)
+    backend = get_backend(engine.model.backend)
+    if step == "build" and (st.state == FRESH or not st.key):
+        return None
+    if step == "validate" and (st.state != FRESH or steps.validated(planner, engine)):
+        return None
+    gpus = backend.gpus_needed(engine) if step == "build" else backend.validate_gpus(engine)
+    assert st.key is not None
+    return ray_exec.RayExecutor.get(addr).run(str(project.models_path), engine, step, st.key, gpus,
+                                              at_least=min(gpus, 1) if step == "build" else None)
+
+
 @_failed_is_task_failure
 def build_action(project: Project, engine: Engine, expected: float) -> dict[str, Any]:
+    remote = _on_ray(project, engine, "build")
+    if remote is not None and remote["state"] == BLOCKED:
+        steps.say(f"{engine.id}: {remote['why']}; not built")
+        return {"state": BLOCKED, "why": remote["why"]}
     state, why = steps.build(_planner(project, engine.model), engine, priority=expected)
     return {"state": state, "why": why}
 
 
 @_failed_is_task_failure
 def validate_action(project: Project, engine: Engine, expected: float) -> dict[str, Any]:
+    remote = _on_ray(project, engine, "validate")
+    if remote is not None:
+        if remote["state"] == BLOCKED:
+            steps.say(f"{engine.id}: {remote.get('why') or 'the worker cannot run it'}; not validated")
+        return {"state": remote["state"]}
     result = steps.validate(_planner(project, engine.model), engine, priority=expected)
     return {"state": BLOCKED if result is None else FRESH}
 
@@ -168,7 +196,9 @@ def task_dicts(planner: Planner, left_out: LeftOut | None = None) -> Iterator[di
     """
     project = planner.spec.project
     states = dict(zip(planner.engines(), planner.states(), strict=True))
-    no_store = left_out is not None and planner.store is None
+    # Engines this host cannot build are left out only when nothing could make them: no store to restore
+    # them from, no Ray cluster to build them on.
+    no_store = left_out is not None and planner.store is None and ray_exec.address() is None
     expected: dict[str, float] = {}
     groups: dict[str, list[str]] = {g: [] for g in group_names(planner)}
     generate: set[str] = set()  # models whose checkpoint has a generate task

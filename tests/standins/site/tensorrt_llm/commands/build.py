@@ -100,7 +100,8 @@ def _record_invocation() -> None:
     if not path:
         return
     rec = {"argv": sys.argv[1:], "cwd": os.getcwd(), "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
-           "pid": os.getpid(), "time": time.time(), "run": os.environ.get("STANDIN_RUN_TAG")}
+           "pid": os.getpid(), "time": time.time(), "run": os.environ.get("STANDIN_RUN_TAG"),
+           "gpus": [{"name": g["name"], "compute_cap": g["compute_cap"]} for g in _standin.visible_gpus()]}
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, (json.dumps(rec) + "\n").encode())  # one write with O_APPEND: safe across processes

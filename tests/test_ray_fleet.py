@@ -1,0 +1,109 @@
+"""A fleet refresh on a real local Ray cluster (issue #12): two nodes of different archs (stand-in GPUs), a
+driver with no GPU. Engines land only on nodes of their arch, each is built once, an arch no node has is
+reported blocked, and the driver ends with every buildable engine fresh."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import H100, LOADER_PYPROJECT, doit, plan, trtllm_log, write_hf_checkpoint
+
+ray = pytest.importorskip("ray")
+
+A100 = {"name": "NVIDIA A100-SXM4-80GB", "compute_cap": "8.0", "memory_total_mib": 81920, "memory_used_mib": 0}
+MODELS = """\
+defaults: {backend: trtllm, build: {max_batch_size: 8, max_seq_len: 512}}
+models:
+  - {name: llama, checkpoint: ckpt/llama, archs: [sm80, sm90], parallel: [{tp: 1, pp: 1}, {tp: 2, pp: 1}]}
+  - {name: mistral, checkpoint: ckpt/mistral, archs: [sm90, sm100]}
+"""
+
+
+def _ray_start(env: dict[str, str], *args: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "buildlib.ray_node", *args, "--node-ip-address", "127.0.0.1",
+                        "--num-cpus", "2", "--disable-usage-stats"], env=env, capture_output=True, text=True,
+                       timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _own_processes(temp: str) -> list[int]:
+    """The cluster's processes: those whose command line names its temp dir (never a broad `ray stop`)."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if temp.encode() in cmd:
+                out.append(int(pid))
+    return out
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, standins) -> Iterator[tuple[str, dict[str, str]]]:
+    """A head node with two sm90 GPUs and a worker node with one sm80 GPU, on loopback, in their own temp dir."""
+    temp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's unix socket paths must fit 107 bytes
+    port = 20000 + os.getpid() % 20000
+    base = {"RAY_USAGE_STATS_ENABLED": "0"}
+    sm90 = {**standins(gpus=[H100, H100]), **base}
+    sm80 = {**standin_env_for(tmp_path / "s80", [A100]), **base,
+            "STANDIN_TRTLLM_LOG": sm90["STANDIN_TRTLLM_LOG"]}
+    try:
+        _ray_start(sm90, "--head", "--port", str(port), "--temp-dir", temp, "--include-dashboard=false")
+        _ray_start(sm80, "--address", f"127.0.0.1:{port}")
+        yield f"127.0.0.1:{port}", sm90
+    finally:
+        for pid in _own_processes(temp):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def standin_env_for(root: Path, gpus: list[dict]) -> dict[str, str]:
+    from tests.standins import standin_env
+
+    return standin_env(root, gpus=gpus)
+
+
+def test_refresh_lands_each_engine_on_its_arch_once_from_a_driver_without_gpus(tmp_path, cluster, standins):
+    addr, node_env = cluster
+    root = tmp_path / "repo"
+    write_hf_checkpoint(root / "ckpt/llama", shards=2, seed=1)
+    write_hf_checkpoint(root / "ckpt/mistral", shards=1, seed=2, arch="MistralForCausalLM")
+    (root / "models.yaml").write_text(MODELS)
+    (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
+    driver = {**standins(gpus=[]), "BUILDLIB_RAY": addr, "STANDIN_TRTLLM_LOG": node_env["STANDIN_TRTLLM_LOG"]}
+    r = doit(root, "-n", "8", "-P", "thread", env=driver, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    builds = trtllm_log(node_env)
+    where = {}
+    for rec in builds:
+        out = Path(rec["argv"][rec["argv"].index("--output_dir") + 1])
+        eid = f"{out.parent.parent.name}/{out.parent.name}/{out.name.split('.tmp-')[0].lstrip('.')}"
+        where.setdefault(eid, []).append(rec["gpus"])
+    expected = {"llama/sm80/tp1-pp1", "llama/sm80/tp2-pp1", "llama/sm90/tp1-pp1", "llama/sm90/tp2-pp1",
+                "mistral/sm90/tp1-pp1"}
+    assert set(where) == expected and all(len(v) == 1 for v in where.values()), where  # each built once
+    for eid, (gpus,) in where.items():  # on a node of its arch only
+        assert {g["compute_cap"] for g in gpus} == {"8.0" if "/sm80/" in eid else "9.0"}, (eid, gpus)
+    states = plan(root, driver)
+    # built on the 1-GPU sm80 node, but its 2 ranks need 2 GPUs to validate: never shown as good
+    assert {e for e, s in states.items() if s["state"] == "fresh"} == expected - {"llama/sm80/tp2-pp1"}
+    assert states["llama/sm80/tp2-pp1"]["state"] == "blocked"
+    assert "no node of the Ray cluster has 2 sm_80" in r.stdout
+    assert states["mistral/sm100/tp1-pp1"]["state"] == "blocked"
+    assert "no node of the Ray cluster has 1 sm_100" in r.stdout
+    assert "ray: " in r.stdout and "done" in r.stdout
+    r = doit(root, env=driver)  # a second refresh has nothing to do
+    assert r.returncode == 0 and len(trtllm_log(node_env)) == len(builds)
