@@ -5,7 +5,9 @@ reported blocked, and the driver ends with every buildable engine fresh."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -107,3 +109,34 @@ def test_refresh_lands_each_engine_on_its_arch_once_from_a_driver_without_gpus(t
     assert "ray: " in r.stdout and "done" in r.stdout
     r = doit(root, env=driver)  # a second refresh has nothing to do
     assert r.returncode == 0 and len(trtllm_log(node_env)) == len(builds)
+
+
+def test_ctrl_c_on_the_driver_cancels_the_ray_tasks(tmp_path, cluster, standins):
+    addr, node_env = cluster
+    root = tmp_path / "repo"
+    write_hf_checkpoint(root / "ckpt/llama", shards=1, seed=3)
+    (root / "models.yaml").write_text("defaults: {backend: trtllm, build: {max_batch_size: 8}}\n"
+                                      "models:\n  - {name: llama, checkpoint: ckpt/llama, archs: [sm90]}\n")
+    (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
+    marker = tmp_path / "started"
+    driver = {**standins(gpus=[]), "BUILDLIB_RAY": addr, "STANDIN_TRTLLM_LOG": node_env["STANDIN_TRTLLM_LOG"],
+              # the worker's builder blocks after rank 0 (the hook comes to the node through the task's env)
+              "BUILDLIB_RAY_RUNTIME_ENV": json.dumps({"env_vars": {"STANDIN_TRTLLM_STARTED_FIFO": str(marker)}})}
+    os.mkfifo(marker)
+    proc = subprocess.Popen([sys.executable, "-m", "doit"], cwd=root, env=driver, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    with open(marker) as f:  # the build is running on the sm90 node
+        f.read()
+    builder = trtllm_log(node_env)[-1]["pid"]
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", out + err
+    try:  # wait for the builder's exit itself (pidfd): Ray kills the cancelled task's worker, the builder dies with it
+        fd = os.pidfd_open(builder)
+    except ProcessLookupError:
+        gone = True
+    else:
+        gone = bool(select.select([fd], [], [], 60)[0])
+        os.close(fd)
+    assert gone
+    assert not (root / "engines/llama/sm90/tp1-pp1/manifest.json").exists()
