@@ -4,7 +4,6 @@ reported blocked, and the driver ends with every buildable engine fresh."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import select
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import H100, LOADER_PYPROJECT, doit, plan, trtllm_log, write_hf_checkpoint
+from tests.raycluster import own_processes, start_node, stop
 
 ray = pytest.importorskip("ray")
 
@@ -31,44 +31,20 @@ models:
 """
 
 
-def _ray_start(env: dict[str, str], *args: str) -> None:
-    r = subprocess.run([sys.executable, "-m", "buildlib.ray_node", *args, "--node-ip-address", "127.0.0.1",
-                        "--num-cpus", "2", "--disable-usage-stats"], env=env, capture_output=True, text=True,
-                       timeout=180)
-    assert r.returncode == 0, r.stdout + r.stderr
-
-
-def _own_processes(temp: str) -> list[int]:
-    """The cluster's processes: those whose command line names its temp dir (never a broad `ray stop`)."""
-    out = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if temp.encode() in cmd:
-                out.append(int(pid))
-    return out
-
-
 @pytest.fixture
 def cluster(tmp_path: Path, standins) -> Iterator[tuple[str, dict[str, str]]]:
     """A head node with two sm90 GPUs and a worker node with one sm80 GPU, on loopback, in their own temp dir."""
     temp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's unix socket paths must fit 107 bytes
     port = 20000 + os.getpid() % 20000
-    base = {"RAY_USAGE_STATS_ENABLED": "0"}
-    sm90 = {**standins(gpus=[H100, H100]), **base}
-    sm80 = {**standin_env_for(tmp_path / "s80", [A100]), **base,
-            "STANDIN_TRTLLM_LOG": sm90["STANDIN_TRTLLM_LOG"]}
+    sm90 = standins(gpus=[H100, H100])
+    sm80 = {**standin_env_for(tmp_path / "s80", [A100]), "STANDIN_TRTLLM_LOG": sm90["STANDIN_TRTLLM_LOG"]}
     try:
-        _ray_start(sm90, "--head", "--port", str(port), "--temp-dir", temp, "--include-dashboard=false")
-        _ray_start(sm80, "--address", f"127.0.0.1:{port}")
+        start_node(sm90, temp, "--head", "--port", str(port), "--temp-dir", temp, "--include-dashboard=false")
+        start_node(sm80, temp, "--address", f"127.0.0.1:{port}")
         yield f"127.0.0.1:{port}", sm90
     finally:
-        for pid in _own_processes(temp):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        stop(temp)
+        assert not own_processes(temp)
         shutil.rmtree(temp, ignore_errors=True)
 
 
