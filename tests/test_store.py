@@ -11,13 +11,17 @@ from pathlib import Path
 
 import pytest
 
+from buildlib.hashing import hash_file
+from buildlib.key import key_of
 from buildlib.manifest import Manifest, check_outputs, read_manifest, record_outputs, write_manifest
 from buildlib.store import DirStore, S3Store, Store, StoreCorrupt, StoreError, configured_store, open_store
 from tests.conftest import _free_port
 
 REPO = Path(__file__).resolve().parent.parent
-KEY = "0123456789abcdef0123456789abcdef"
-KEY2 = "fedcba9876543210fedcba9876543210"
+# Real keys: a store entry is used only if its manifest's fields hash to its key.
+FIELDS_A, FIELDS_B = {"test": "a"}, {"test": "b"}
+KEY, KEY2 = key_of(FIELDS_A), key_of(FIELDS_B)
+FIELDS = {KEY: FIELDS_A, KEY2: FIELDS_B}
 MiB = 1 << 20
 
 # A pusher in its own process: "kill-after-files N" SIGKILLs itself after N files are stored,
@@ -68,7 +72,9 @@ def make_engine(d: Path, key: str = KEY, big: int = 3 * MiB) -> Path:
     (d / "build.log").write_text("built by a test\n")
     (d / "validation.json").write_text('{"ok": true}\n')
     (d / "validate.log").write_text("validated\n")
-    write_manifest(d, Manifest(key, {"test": True}, record_outputs(d, None), name="test/engine"))
+    log = d / "build.log"
+    write_manifest(d, Manifest(key, FIELDS[key], record_outputs(d, None), name="test/engine",
+                               built={"log": [log.stat().st_size, hash_file(log)]}))
     return d
 
 
