@@ -17,6 +17,7 @@ MODELS = """\
 {top}defaults:
   backend: trtllm
   archs: [sm90]
+  validate: {validate}
   build: {{max_batch_size: 8, max_seq_len: 512}}
 models:
   - name: done
@@ -27,10 +28,10 @@ models:
 """
 
 
-def repo(root: Path, top: str = "") -> Path:
+def repo(root: Path, top: str = "", validate: bool = False) -> Path:
     write_hf_checkpoint(root / "ckpt/llama", shards=2, seed=3)
     write_hf_checkpoint(root / "ckpt/done", shards=1, seed=4)
-    (root / "models.yaml").write_text(MODELS.format(top=top))
+    (root / "models.yaml").write_text(MODELS.format(top=top, validate=str(validate).lower()))
     (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
     return root
 
@@ -50,7 +51,7 @@ def alive(pid: int) -> bool:
 def test_signal_mid_build_stops_everything_and_the_next_run_finishes(tmp_path, standins, sig, code, jobs):
     root = repo(tmp_path / "repo")
     env = standins(gpus=[H100, H100])
-    assert doit(root, "validate:done/sm90/tp1-pp1", env=env).returncode == 0  # a finished engine
+    assert doit(root, "build:done/sm90/tp1-pp1", env=env).returncode == 0  # a finished engine
     fifo = tmp_path / "started"
     os.mkfifo(fifo)
     hooked = {**env, "STANDIN_TRTLLM_STARTED_FIFO": str(fifo)}
@@ -116,7 +117,7 @@ def test_secrets_in_the_environment_are_written_nowhere(tmp_path, standins):
                "AWS_SESSION_TOKEN": "awsSESSIONsecret987654321"}
     store = tmp_path / "store"
     store.mkdir()
-    root = repo(tmp_path / "repo", f"store: {store}\n")
+    root = repo(tmp_path / "repo", f"store: {store}\n", validate=True)
     env = {**standins(gpus=[H100, H100]), **secrets}
     r = doit(root, env=env)
     assert r.returncode == 0, r.stdout + r.stderr

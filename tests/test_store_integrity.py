@@ -10,7 +10,17 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import H100, built_engines, doit, plan
-from tests.test_store_e2e import ENGINES, _clone
+from tests.test_store_e2e import ENGINES, MODELS
+
+
+def _clone(root: Path) -> Path:
+    """A fresh checkout, as test_store_e2e's, without validation (restores are what is checked here)."""
+    from tests.test_store_e2e import _clone as clone
+
+    root = clone(root)
+    (root / "models.yaml").write_text(MODELS.replace("build: {max_batch_size: 8}}", "build: {max_batch_size: 8}, "
+                                                     "validate: false}"))
+    return root
 
 
 @pytest.fixture
