@@ -20,9 +20,11 @@ import json
 import os
 import re
 import shlex
+import shutil
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 from .errors import EXIT_USAGE, UserError
 from .gpu import Gpu, detect_gpus
@@ -93,7 +95,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     if show:
         print(shlex.join(cmd))
         return
-    os.execvp(cmd[0], cmd)
+    exe = _ray_executable()
+    if exe is None:
+        print("error: the `ray` command is not installed in this environment: pip install 'enginebuild[ray]'",
+              file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    os.execv(exe, [exe, *cmd[1:]])
+
+
+def _ray_executable() -> str | None:
+    """The `ray` of this Python's environment (a venv need not be activated), else the one on PATH."""
+    beside = Path(sys.executable).parent / "ray"
+    return str(beside) if os.access(beside, os.X_OK) else shutil.which("ray")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ itself and refuses to work if it differs from the key the driver planned (anothe
 toolchain, another checkpoint), then builds or validates the engine into the engines dir it sees,
 restoring from and pushing to the shared store as a local build does. It returns what happened as JSON.
 
-Request: {"models": "<models.yaml>", "engine": "<model>/<arch>/tp<N>-pp<M>", "step": "build" | "validate",
+Request: {"models": "<models.yaml: absolute, or relative to the task's working_dir>",
+          "engine": "<model>/<arch>/tp<N>-pp<M>", "step": "build" | "validate",
           "key": "<the driver's key>"}
 """
 
@@ -23,7 +24,8 @@ from typing import Any
 from .errors import BuildFailed, UserError
 from .gpu import Host, detect_gpus
 from .isa import host_isa
-from .plan import Planner
+from .manifest import validation_record
+from .plan import FRESH, Planner
 from .spec import load_spec
 
 
@@ -36,7 +38,7 @@ def run_step(req: dict[str, Any]) -> dict[str, Any]:
     # The GPUs this task was given, probed now: a long-lived worker process (Ray reuses them) gets other
     # GPUs (CUDA_VISIBLE_DEVICES) for each task, so the host is never taken from a cache.
     host = Host(gpus=detect_gpus(), cpu_isa=host_isa())
-    planner = Planner(load_spec(Path(req["models"])), host=host)
+    planner = Planner(load_spec(Path(req["models"]).absolute()), host=host)  # relative: to the task's working_dir
     engines = {e.id: e for e in planner.engines()}
     engine = engines.get(req["engine"])
     if engine is None:
@@ -53,7 +55,13 @@ def run_step(req: dict[str, Any]) -> dict[str, Any]:
         state, why = steps.build(planner, engine)
         out.update(state=state, why=why)
     elif req["step"] == "validate":
-        result = steps.validate(planner, engine)
+        if st.state != FRESH:  # this node does not share the driver's engines dir: take the build from the store
+            steps.build(planner, engine)
+        try:
+            result = steps.validate(planner, engine)
+        except BuildFailed as e:  # the failure's record goes back too: the driver shows the engine unvalidated
+            out.update(ok=False, error=str(e), validation=validation_record(engine.dir(planner.spec.project), st.key))
+            return out
         out.update(state="blocked" if result is None else "fresh", validation=result)
     else:
         raise UserError(f"unknown step {req['step']!r}: build or validate")

@@ -25,6 +25,7 @@ from .manifest import (
     Manifest,
     read_manifest,
     record_outputs,
+    validation_record,
     validation_vouches,
     write_json_durably,
     write_manifest,
@@ -262,6 +263,17 @@ def validate(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None
     write_json_durably(dest / VALIDATION, result)
     say(f"validated {engine.id}: {_summary(result)}")
     return result
+
+
+def record_validation(planner: Planner, engine: Engine, record: dict[str, Any]) -> bool:
+    """Keep beside the engine a validation another host ran (a Ray worker), when it vouches for (or against)
+    the very manifest here; a record for another key is not this engine's and is dropped. True if written."""
+    dest = engine.dir(planner.spec.project)
+    m = read_manifest(dest)
+    if m is None or record.get("key") != m.key or validation_record(dest, m.key) == record:
+        return False
+    write_json_durably(dest / VALIDATION, record)  # atomic, as validate() writes it
+    return True
 
 
 def _summary(result: dict[str, Any]) -> str:

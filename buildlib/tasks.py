@@ -133,8 +133,13 @@ def _on_ray(project: Project, engine: Engine, step: str) -> dict[str, Any] | Non
         return None
     gpus = backend.gpus_needed(engine) if step == "build" else backend.validate_gpus(engine)
     assert st.key is not None
-    return ray_exec.RayExecutor.get(addr).run(str(project.models_path), engine, step, st.key, gpus,
-                                              at_least=min(gpus, 1) if step == "build" else None)
+    out = ray_exec.RayExecutor.get(addr).run(str(project.models_path), engine, step, st.key, gpus,
+                                             at_least=min(gpus, 1) if step == "build" else None)
+    if out.get("validation"):  # kept here too, where the engines dir is not the workers'
+        steps.record_validation(planner, engine, out["validation"])
+    if not out["ok"]:
+        raise BuildFailed(out.get("error") or f"{step}:{engine.id} failed on the Ray cluster")
+    return out
 
 
 @_failed_is_task_failure

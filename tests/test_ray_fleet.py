@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,6 +49,17 @@ def cluster(tmp_path: Path, standins) -> Iterator[tuple[str, dict[str, str]]]:
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def wait_started(proc: subprocess.Popen, fifo: Path) -> None:
+    """Block until the stand-in builder writes its FIFO; if the driver exits first, fail with its output
+    instead of hanging (a watcher opens the FIFO's writing end when the driver is gone)."""
+    threading.Thread(target=lambda: (proc.wait(), open(fifo, "w").close()), daemon=True).start()
+    with open(fifo) as f:
+        line = f.read()
+    if not line:
+        out, err = proc.communicate()
+        pytest.fail(f"the driver exited ({proc.returncode}) before the build started:\n{out}{err}")
+
+
 def standin_env_for(root: Path, gpus: list[dict]) -> dict[str, str]:
     from tests.standins import standin_env
 
@@ -82,9 +94,39 @@ def test_refresh_lands_each_engine_on_its_arch_once_from_a_driver_without_gpus(t
     assert "no node of the Ray cluster has 2 sm_80" in r.stdout
     assert states["mistral/sm100/tp1-pp1"]["state"] == "blocked"
     assert "no node of the Ray cluster has 1 sm_100" in r.stdout
-    assert "ray: " in r.stdout and "done" in r.stdout
+    assert "sm90: 1 running" in r.stdout and "sm80: 1 waiting" in r.stdout, r.stdout  # per arch, while it runs
+    assert "ray: at the end: sm100: 1 blocked; sm80: 1 blocked, 1 done; sm90: 3 done" in r.stdout, r.stdout
     r = doit(root, env=driver)  # a second refresh has nothing to do
     assert r.returncode == 0 and len(trtllm_log(node_env)) == len(builds)
+
+
+def test_workers_without_the_drivers_engines_dir_send_engines_back_through_the_store(tmp_path, cluster, standins):
+    """The driver ships its checkout as Ray's working_dir: each worker builds into its own copy, pushes to the
+    shared store; the driver restores the engine and keeps the worker's validation record beside it, so it holds
+    what a local build makes (manifest, validation.json) and `doit plan` shows it fresh, not `not validated yet`."""
+    addr, node_env = cluster
+    root = tmp_path / "repo"
+    store = tmp_path / "store"
+    store.mkdir()
+    write_hf_checkpoint(root / "ckpt/llama", shards=1, seed=5)
+    (root / "models.yaml").write_text(f"store: {store}\ndefaults: {{backend: trtllm, build: {{max_batch_size: 8}}}}\n"
+                                      "models:\n  - {name: llama, checkpoint: ckpt/llama, archs: [sm90]}\n")
+    (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
+    driver = {**standins(gpus=[]), "BUILDLIB_RAY": addr, "STANDIN_TRTLLM_LOG": node_env["STANDIN_TRTLLM_LOG"],
+              "BUILDLIB_RAY_RUNTIME_ENV": json.dumps({"working_dir": str(root)})}
+    r = doit(root, env=driver, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (build,) = trtllm_log(node_env)
+    out = Path(build["argv"][build["argv"].index("--output_dir") + 1])
+    assert root not in out.parents, out  # built in the worker's own copy, not in the driver's engines dir
+    dest = root / "engines/llama/sm90/tp1-pp1"
+    manifest = json.loads((dest / "manifest.json").read_text())
+    record = json.loads((dest / "validation.json").read_text())
+    assert record["ok"] is True and record["key"] == manifest["key"], record
+    assert (store / manifest["key"]).is_dir()
+    assert plan(root, driver)["llama/sm90/tp1-pp1"]["state"] == "fresh"
+    r = doit(root, env=driver)
+    assert r.returncode == 0 and len(trtllm_log(node_env)) == 1, r.stdout + r.stderr
 
 
 def test_ctrl_c_on_the_driver_cancels_the_ray_tasks(tmp_path, cluster, standins):
@@ -101,8 +143,7 @@ def test_ctrl_c_on_the_driver_cancels_the_ray_tasks(tmp_path, cluster, standins)
     os.mkfifo(marker)
     proc = subprocess.Popen([sys.executable, "-m", "doit"], cwd=root, env=driver, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    with open(marker) as f:  # the build is running on the sm90 node
-        f.read()
+    wait_started(proc, marker)  # the build is running on the sm90 node
     builder = trtllm_log(node_env)[-1]["pid"]
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -116,3 +157,47 @@ def test_ctrl_c_on_the_driver_cancels_the_ray_tasks(tmp_path, cluster, standins)
         os.close(fd)
     assert gone
     assert not (root / "engines/llama/sm90/tp1-pp1/manifest.json").exists()
+
+
+def test_a_node_killed_mid_build_has_its_build_retried_on_another_node(tmp_path, standins):
+    """Two sm90 nodes; the one that takes the build first dies mid-build (every process of it SIGKILLed, as a
+    lost machine). Ray retries the task on the other node; nothing of the dead node's half-built engine is
+    published, and the driver ends with the engine fresh, built to completion exactly once."""
+    temp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
+    port = 20000 + (os.getpid() + 7) % 20000
+    log = str(tmp_path / "trtllm-build.log")
+    marker = tmp_path / "started"
+    os.mkfifo(marker)
+    doomed = {**standin_env_for(tmp_path / "sa", [H100]), "STANDIN_TRTLLM_LOG": log,
+              "STANDIN_TRTLLM_STARTED_FIFO": str(marker)}  # its build blocks after rank 0, until the node dies
+    spare = {**standin_env_for(tmp_path / "sb", [H100]), "STANDIN_TRTLLM_LOG": log}
+    tags = [temp, temp + "-doomed", temp + "-spare"]
+    root = tmp_path / "repo"
+    write_hf_checkpoint(root / "ckpt/llama", shards=1, seed=4)
+    (root / "models.yaml").write_text("defaults: {backend: trtllm, build: {max_batch_size: 8}}\n"
+                                      "models:\n  - {name: llama, checkpoint: ckpt/llama, archs: [sm90]}\n")
+    (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
+    driver = {**standins(gpus=[]), "BUILDLIB_RAY": f"127.0.0.1:{port}", "STANDIN_TRTLLM_LOG": log}
+    try:
+        start_node(standins(gpus=[]), tags[0], "--head", "--port", str(port), "--temp-dir", temp,
+                   "--include-dashboard=false")  # the head has no GPU: the build can only go to a worker node
+        start_node(doomed, tags[1], "--address", f"127.0.0.1:{port}")
+        proc = subprocess.Popen([sys.executable, "-m", "doit"], cwd=root, env=driver, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        wait_started(proc, marker)  # the build is half-way on the doomed node
+        start_node(spare, tags[2], "--address", f"127.0.0.1:{port}")
+        stop(tags[1])  # the doomed node's machine is gone: raylet, worker, builder
+        out, err = proc.communicate(timeout=300)
+    finally:
+        for tag in tags:
+            stop(tag)
+        assert not any(own_processes(tag) for tag in tags)
+        shutil.rmtree(temp, ignore_errors=True)
+    assert proc.returncode == 0, out + err
+    runs = [json.loads(line) for line in Path(log).read_text().splitlines()]
+    assert len(runs) == 2 and runs[0]["pid"] != runs[1]["pid"], runs  # started twice: once per node
+    left = sorted(p.name for p in (root / "engines/llama/sm90").iterdir())
+    assert left == [".tp1-pp1.lock", "tp1-pp1"], left  # no half-built leftovers (.tmp-*), only the lock file
+    assert plan(root, driver)["llama/sm90/tp1-pp1"]["state"] == "fresh"
+    r = doit(root, env=driver)  # fresh: nothing rebuilt
+    assert r.returncode == 0 and len(Path(log).read_text().splitlines()) == 2
