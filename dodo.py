@@ -1,8 +1,11 @@
-"""`doit` in the repo root builds the engines listed in models.yaml (see buildlib)."""
+"""`doit` with this file (and no `[tool.doit] loader` in pyproject.toml) builds the engines listed in
+models.yaml, or in $BUILDLIB_MODELS: the same tasks the buildlib loader gives (see buildlib)."""
+
+import os
 
 from buildlib.plugin import dodo_tasks, doit_config
 
-MODELS = "models.yaml"
+MODELS = os.environ.get("BUILDLIB_MODELS") or "models.yaml"
 DOIT_CONFIG = doit_config(MODELS)
 
 

@@ -3,9 +3,11 @@
     .venv/bin/python bench/ray_bench.py [--engines 100] [--gpus 4] [--seconds 1.0] [--out bench/results/ray.json]
 
 Two nodes on loopback, started with the node command (python -m buildlib.ray_node): one with --gpus
-stand-in H100s (sm_90), one with --gpus stand-in A100s (sm_80). The fleet: engines/2 models, each for
-sm80 and sm90, tp1, no validation; every stand-in build sleeps --seconds (simulated GPU work). The
-driver runs `BUILDLIB_RAY=<head> doit -n <2 x gpus> -P thread` with no GPU of its own.
+stand-in H100s (sm_90), one with --gpus stand-in A100s (sm_80), each declaring 2 x --gpus logical CPUs (a
+Ray task takes one CPU by default; a GPU box has many more CPUs than GPUs, this 2-core host does not).
+The fleet: engines/2 models, each for sm80 and sm90, tp1, no validation; every stand-in build sleeps
+--seconds (simulated GPU work). The driver runs `BUILDLIB_RAY=<head> doit -n <2 x gpus> -P thread`
+with no GPU of its own.
 
 Lower bound: for each arch, the build seconds its engines' manifests record, summed, over that arch's
 GPUs; the makespan can be no shorter than the largest. Driver overhead per engine: the driver's CPU
@@ -56,10 +58,11 @@ def main() -> None:
             lines.append(f"  - {{name: m{i}, checkpoint: ckpt/m{i}}}")
         (root / "models.yaml").write_text("\n".join(lines) + "\n")
         (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
+        cpus = ("--num-cpus", str(2 * args.gpus))  # logical: each Ray task takes one CPU, builds wait on GPUs only
         start_node({**standin_env(work / "s90", gpus=[H100] * args.gpus), **base}, temp, "--head", "--port", str(port),
-                   "--temp-dir", temp, "--include-dashboard=false")
+                   "--temp-dir", temp, "--include-dashboard=false", *cpus)
         start_node({**standin_env(work / "s80", gpus=[A100] * args.gpus), **base}, temp, "--address",
-                   f"127.0.0.1:{port}")
+                   f"127.0.0.1:{port}", *cpus)
         driver = {**standin_env(work / "drv", gpus=[]), "BUILDLIB_RAY": f"127.0.0.1:{port}"}
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()

@@ -11,9 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from doit.cmd_base import DoitCmdBase
-
 from .backends import get_backend
+from .command import EngineCommand
 from .errors import BackendUnavailable, UserError
 from .manifest import read_manifest
 from .plan import Planner, generated_dir
@@ -255,7 +254,7 @@ opt_store = {"name": "store", "long": "store", "type": str, "default": "",
                      "serves other branches and checkouts, whose engines this models.yaml does not reference"}
 
 
-class GcCmd(DoitCmdBase):
+class GcCmd(EngineCommand):
     """Garbage collection of what no current models.yaml entry references."""
 
     name = "gc"

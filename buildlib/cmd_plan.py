@@ -8,9 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from doit.cmd_base import DoitCmdBase
-
 from .ci import is_work, markdown_summary, parse_shard, shard, task_name
+from .command import EngineCommand
 from .errors import UserError
 from .plan import BLOCKED, FRESH, EngineState, Planner, shown, state_json
 from .plugin import exit_on_user_error
@@ -44,7 +43,7 @@ def write_text(path: str, text: str, append: bool = False) -> None:
         raise UserError(f"cannot write {path}: {e.strerror}; check the directory exists and is writable") from None
 
 
-class PlanCmd(DoitCmdBase):
+class PlanCmd(EngineCommand):
     """Decided up front, like ninja's plan: nothing is built, nothing is written (but --markdown's file)."""
 
     name = "plan"
@@ -73,7 +72,7 @@ class PlanCmd(DoitCmdBase):
         planner = loaded_planner()
         states = shown(planner, planner.plan(with_store=not targets))  # task names need no store round trips
         if globs:
-            states = [s for s in states if any(fnmatch.fnmatch(s.engine.id, g) for g in globs)]
+            states = select(states, globs)
         if which is not None:
             states = shard(states, *which, cost=lambda s: expected(planner, s))
         if markdown:
@@ -101,8 +100,21 @@ def markdown_is_summary(path: str) -> bool:
     return bool(os.environ.get("GITHUB_STEP_SUMMARY")) and Path(path) == Path(os.environ["GITHUB_STEP_SUMMARY"])
 
 
+def select(states: list[EngineState], globs: list[str]) -> list[EngineState]:
+    """The engines matching any glob; a glob that matches none is a typo to report (exit 2), not `0 engines`."""
+    unmatched = [g for g in globs if not any(fnmatch.fnmatch(s.engine.id, g) for s in states)]
+    if unmatched:
+        some = ", ".join(s.engine.id for s in states[:3]) + (", ..." if len(states) > 3 else "")
+        raise UserError(f"no engine matches {', '.join(repr(g) for g in unmatched)}; engines are "
+                        f"<model>/<arch>/tp<N>-pp<M> ({some}): `doit plan` lists them")
+    return [s for s in states if any(fnmatch.fnmatch(s.engine.id, g) for g in globs)]
+
+
 def render(s: EngineState) -> str:
-    why = f"  ({'; '.join(s.reasons)})" if s.reasons else ""
+    reasons = list(s.reasons)
+    if s.store and s.state != FRESH:
+        reasons.append("the store has it: `doit` restores it instead of building")
+    why = f"  ({'; '.join(reasons)})" if reasons else ""
     return f"{s.state:<8} {s.engine.id}{why}"
 
 
@@ -110,4 +122,10 @@ def summary(states: list[EngineState]) -> str:
     counts: dict[str, Any] = {}
     for s in states:
         counts[s.state] = counts.get(s.state, 0) + 1
-    return f"{len(states)} engines: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    restorable = sum(1 for s in states if s.store and s.state != FRESH)
+    return (f"{plural(len(states), 'engine')}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+            + (f" ({restorable} restorable from the store)" if restorable else ""))
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")

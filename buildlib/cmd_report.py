@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import fnmatch
 
-from doit.cmd_base import DoitCmdBase
-
 from .ci import FAILED, collect_results, junit_xml, markdown_summary
 from .cmd_plan import markdown_is_summary, write_text
+from .command import EngineCommand
 from .errors import UserError
 from .plugin import exit_on_user_error
 from .tasks import loaded_planner
@@ -20,7 +19,7 @@ opt_check = {"name": "check", "long": "check", "type": bool, "default": False,
              "help": "exit 1 when a build or validation failed"}
 
 
-class ReportCmd(DoitCmdBase):
+class ReportCmd(EngineCommand):
     """Reads what the runs left on disk (and the store); builds nothing."""
 
     name = "report"

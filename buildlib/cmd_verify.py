@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from doit.cmd_base import DoitCmdBase
-
+from .command import EngineCommand
 from .errors import UserError
 from .plugin import exit_on_user_error
 from .store import open_store
@@ -16,7 +15,7 @@ opt_no_store = {"name": "no_store", "long": "no-store", "type": bool, "default":
                 "help": "verify the local engine dirs only"}
 
 
-class VerifyCmd(DoitCmdBase):
+class VerifyCmd(EngineCommand):
     """Integrity, not staleness: `doit plan` says whether an engine is what models.yaml asks for."""
 
     name = "verify"

@@ -38,6 +38,24 @@ class Host:
         return tuple(g for g in self.gpus if g.arch == arch and (name is None or g.name == name))
 
 
+# The one rule for GPU arch names in models.yaml: an SM arch NVIDIA ships (CUDA 13's list, Volta onwards), or a
+# GPU product name, which stands for its arch (`h100` -> sm90): the engine dir and the key use the SM arch.
+GPU_ARCHS = ("sm70", "sm75", "sm80", "sm86", "sm87", "sm89", "sm90", "sm100", "sm103", "sm110", "sm120", "sm121")
+PRODUCT_ARCHS = {
+    "v100": "sm70", "t4": "sm75", "a100": "sm80", "a800": "sm80", "a30": "sm80", "a10": "sm86", "a10g": "sm86",
+    "a40": "sm86", "rtxa6000": "sm86", "orin": "sm87", "l4": "sm89", "l40": "sm89", "l40s": "sm89",
+    "rtx4090": "sm89", "h100": "sm90", "h800": "sm90", "h200": "sm90", "h20": "sm90", "gh200": "sm90",
+    "b100": "sm100", "b200": "sm100", "gb200": "sm100", "b300": "sm103", "gb300": "sm103", "thor": "sm110",
+    "rtx5090": "sm120", "rtxpro6000": "sm120", "gb10": "sm121",
+}
+
+
+def gpu_arch(name: str) -> str | None:
+    """The SM arch a models.yaml arch name means (`sm90`, `H100`, `h200` -> sm90), or None if it names none."""
+    key = name.lower().replace("-", "").replace(" ", "")
+    return key if key in GPU_ARCHS else PRODUCT_ARCHS.get(key)
+
+
 def arch_of(compute_cap: str) -> str:
     """'9.0' -> 'sm90', '10.0' -> 'sm100', '8.6' -> 'sm86'."""
     major, _, minor = compute_cap.strip().partition(".")

@@ -52,8 +52,8 @@ def run_step(req: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"engine": engine.id, "step": req["step"], "key": st.key, "host": socket.gethostname(),
                            "pid": os.getpid()}
     if req["step"] == "build":
-        state, why = steps.build(planner, engine)
-        out.update(state=state, why=why)
+        done = steps.build(planner, engine)
+        out.update(state=done.state, why=done.why, how=done.how)
     elif req["step"] == "validate":
         if st.state != FRESH:  # this node does not share the driver's engines dir: take the build from the store
             steps.build(planner, engine)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .confine import claim, refusal
 from .errors import SpecError, Where
+from .gpu import GPU_ARCHS, gpu_arch
 
 if TYPE_CHECKING:
     from .backends.base import Backend
@@ -282,11 +283,10 @@ def _model(doc: YamlDoc, root: Path, defaults: dict, entry: dict, where: tuple, 
     archs = m.get("archs", ["sm90"])
     if not isinstance(archs, list) or not archs:
         raise doc.error(at("archs"), "must be a non-empty list such as [sm80, sm90]")
-    for j, a in enumerate(archs):
-        if not isinstance(a, str) or not (GPU_ARCH_RE.fullmatch(a) or CPU_ARCH_RE.fullmatch(a)):
-            raise doc.error(at("archs") + (j,), f"{a!r} is not an arch (sm80, sm90, sm100, or cpu)")
+    archs = [_arch(doc, at("archs") + (j,), a) for j, a in enumerate(archs)]
     if len(set(archs)) != len(archs):
-        raise doc.error(at("archs"), "lists an arch twice")
+        twice = next(a for a in archs if archs.count(a) > 1)
+        raise doc.error(at("archs"), f"lists {twice} twice (a GPU name stands for its arch: h100 is sm90)")
     parallel = _parallel(doc, at("parallel"), m.get("parallel", [{"tp": 1, "pp": 1}]))
     for part in (defaults, entry):
         if not isinstance(part.get("build", {}) or {}, dict):
@@ -398,9 +398,24 @@ def _checkpoint(doc: YamlDoc, root: Path, at: tuple, v: Any) -> Path | Generated
         raise doc.error(at, "must be a path to a Hugging Face checkpoint dir (no control characters), or "
                         "{generate: tinyllama, seed: N}")
     p = (root / v).absolute()
-    if not p.is_dir():
-        raise doc.error(at, f"checkpoint dir {v!r} does not exist (resolved to {p})")
-    return p
+    if p.is_dir():
+        return p
+    if p.exists():
+        raise doc.error(at, f"checkpoint {v!r} is a file, not a checkpoint dir (resolved to {p}): point it at the "
+                        "Hugging Face dir that holds config.json and the *.safetensors shards")
+    raise doc.error(at, f"checkpoint dir {v!r} does not exist (resolved to {p}): put the checkpoint there "
+                    "or fix the path (relative paths are to this file's dir)")
+
+
+def _arch(doc: YamlDoc, at: tuple, a: Any) -> str:
+    """One rule for arch names: an SM arch NVIDIA ships, a GPU product name (its SM arch), or a CPU ISA."""
+    gpu = gpu_arch(a) if isinstance(a, str) else None
+    if gpu is not None:
+        return gpu
+    if isinstance(a, str) and CPU_ARCH_RE.fullmatch(a):
+        return a
+    raise doc.error(at, f"{a!r} is not an arch: an SM arch ({', '.join(GPU_ARCHS)}), a GPU name that stands for "
+                    "one (h100, a100, l40s, b200, ...), or cpu (this host's ISA, e.g. x86_64-avx512)")
 
 
 def _check_generated(doc: YamlDoc, at: tuple, d: dict[str, int]) -> None:

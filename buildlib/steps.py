@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .backends import get_backend
 from .backends.base import Job
@@ -130,9 +130,18 @@ def _slots(planner: Planner, engine: Engine, want: int, gpus: Sequence[Gpu] | No
                      on_wait=lambda msg: say(f"{what}: {msg}"))
 
 
+class Outcome(NamedTuple):
+    """What build() did: the engine's final state (fresh/blocked), why it is blocked, and how it got there
+    (`up to date`, `restored`, `built`, `blocked`): the run's tally line counts these."""
+
+    state: str
+    why: str | None
+    how: str
+
+
 def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None,
-          priority: float = 0.0) -> tuple[str, str | None]:
-    """Build one engine unless it is fresh; returns its final state (fresh/blocked) and, if blocked, why.
+          priority: float = 0.0) -> Outcome:
+    """Build one engine unless it is fresh; returns what it did (Outcome).
 
     Under the per-engine lock the state is decided again, so a concurrent run that just built
     this engine makes this call a no-op instead of a second build. With a store configured, an
@@ -145,14 +154,14 @@ def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None,
     with locked(dest, _waiting(f"build:{engine.id}")):
         st = planner.state(engine)
         if st.state == FRESH:
-            return FRESH, None
+            return Outcome(FRESH, None, "up to date")
         store = planner.store
         if store is not None and st.key and _restore(planner, store, st.key, st.fields or {}, dest):
             say(f"restored {engine.id} from {store.url}")
-            return FRESH, None
+            return Outcome(FRESH, None, "restored")
         if st.state == BLOCKED:
             say(f"{engine.id}: {st.reasons[0]}; not built here")
-            return BLOCKED, st.reasons[0]
+            return Outcome(BLOCKED, st.reasons[0], "blocked")
         assert st.key and st.fields
         ckpt = planner.checkpoint(engine.model)
         assert ckpt is not None
@@ -186,7 +195,7 @@ def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None,
         say(f"built {engine.id} in {time.monotonic() - t0:.1f}s -> {dest}")
         if store is not None:
             _push(store, st.key, dest, engine)
-        return FRESH, None
+        return Outcome(FRESH, None, "built")
 
 
 def _restore(planner: Planner, store: Store, key: str, fields: dict[str, Any], dest: Path) -> bool:

@@ -19,9 +19,9 @@ from .backends import get_backend
 from .engine import Engine
 from .errors import BackendUnavailable, BuildFailed, UserError
 from .interrupt import no_space
-from .plan import BLOCKED, FRESH, MISSING, STALE, Planner, checkpoint_dir
+from .plan import BLOCKED, FRESH, MISSING, STALE, Planner, checkpoint_dir, shown
 from .sched import engine_expected_seconds, order_longest_first
-from .spec import GeneratedCheckpoint, ModelSpec, Project, Spec, load_spec
+from .spec import GPU_ARCH_RE, GeneratedCheckpoint, ModelSpec, Project, Spec, load_spec
 
 _PLANNERS: dict[Path, Planner] = {}
 
@@ -60,6 +60,11 @@ class EngineFresh:
     def __call__(self) -> bool:
         return _planner(self.project, self.engine.model).state(self.engine).state == FRESH
 
+    def __repr__(self) -> str:
+        """What `doit info` shows for this check: the engine's state now, and why (as `doit plan` says)."""
+        st = _planner(self.project, self.engine.model).state(self.engine)
+        return f"engine {self.engine.id}: {st.state}" + (f" ({'; '.join(st.reasons)})" if st.reasons else "")
+
 
 class EngineValidated(EngineFresh):
     """doit `uptodate` for a validate task: validation.json vouches for the current key. Evaluated
@@ -67,6 +72,13 @@ class EngineValidated(EngineFresh):
 
     def __call__(self) -> bool:
         return steps.validated(_planner(self.project, self.engine.model), self.engine)
+
+    def __repr__(self) -> str:
+        planner = _planner(self.project, self.engine.model)
+        if steps.validated(planner, self.engine):
+            return f"validation of {self.engine.id}: vouches for its manifest"
+        st = shown(planner, [planner.state(self.engine)])[0]
+        return f"validation of {self.engine.id}: {st.state} ({'; '.join(st.reasons) or 'not validated yet'})"
 
 
 class ConvertedFresh(EngineFresh):
@@ -80,6 +92,9 @@ class ConvertedFresh(EngineFresh):
             return True  # nothing can be converted here; each build task reports why
         return d is not None and (d / "manifest.json").is_file()
 
+    def __repr__(self) -> str:
+        return f"converted checkpoint for {self.engine.convert_id}: " + ("present" if self() else "not converted yet")
+
 
 class CheckpointReady:
     """doit `uptodate` for a generated checkpoint: its dir exists (it is written atomically)."""
@@ -89,6 +104,9 @@ class CheckpointReady:
 
     def __call__(self) -> bool:
         return self.path.is_dir()
+
+    def __repr__(self) -> str:
+        return f"generated checkpoint {self.path}: " + ("present" if self() else "not generated yet")
 
 
 def _failed_is_task_failure(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -147,9 +165,10 @@ def build_action(project: Project, engine: Engine, expected: float) -> dict[str,
     remote = _on_ray(project, engine, "build")
     if remote is not None and remote["state"] == BLOCKED:
         steps.say(f"{engine.id}: {remote['why']}; not built")
-        return {"state": BLOCKED, "why": remote["why"]}
-    state, why = steps.build(_planner(project, engine.model), engine, priority=expected)
-    return {"state": state, "why": why}
+        return {"state": BLOCKED, "why": remote["why"], "how": "blocked"}
+    done = steps.build(_planner(project, engine.model), engine, priority=expected)
+    # after a Ray build the engine is here already (shared dir) or restored from the store: the worker built it
+    return {"state": done.state, "why": done.why, "how": remote["how"] if remote is not None else done.how}
 
 
 @_failed_is_task_failure
@@ -158,15 +177,19 @@ def validate_action(project: Project, engine: Engine, expected: float) -> dict[s
     if remote is not None:
         if remote["state"] == BLOCKED:
             steps.say(f"{engine.id}: {remote.get('why') or 'the worker cannot run it'}; not validated")
-        return {"state": remote["state"]}
+        return {"state": remote["state"]}  # the reporter's tally counts a fresh one as validated
     result = steps.validate(_planner(project, engine.model), engine, priority=expected)
     return {"state": BLOCKED if result is None else FRESH}
 
 
 def group_names(planner: Planner) -> list[str]:
-    """The group tasks task_dicts yields, in order: `engines`, `convert`, `build`, `validate`, each model,
-    each arch. Every one exists even if empty: `doit sm90` works when every sm90 engine is left out."""
-    return list(dict.fromkeys(["engines", "convert", "build", "validate", *(m.name for m in planner.spec.models),
+    """The group tasks task_dicts yields, in order: `engines`, `convert` (when a backend converts), `build`,
+    `validate`, each model, `cpu` (the engines of a `cpu` arch, whatever this host's ISA is named), each arch.
+    Every one exists even if empty: `doit sm90` works when every sm90 engine is left out."""
+    models = planner.spec.models
+    converts = any(get_backend(m.backend).has_convert for m in models)
+    return list(dict.fromkeys(["engines", *(["convert"] if converts else []), "build", "validate",
+                               *(m.name for m in models), *(["cpu"] if any("cpu" in m.archs for m in models) else []),
                                *(e.arch for e in planner.engines())]))
 
 
@@ -257,6 +280,8 @@ def task_dicts(planner: Planner, left_out: LeftOut | None = None) -> Iterator[di
         groups["build"].append(bname)
         groups[model.name].append(final)
         groups[engine.arch].append(final)
+        if not GPU_ARCH_RE.fullmatch(engine.arch):
+            groups["cpu"].append(final)
         groups["engines"].append(final)
     for name, deps in groups.items():
         deps = order_longest_first(deps, key=lambda t: expected.get(t, 0.0))

@@ -41,6 +41,10 @@ class YamlDoc:
             mark = getattr(e, "problem_mark", None)
             line = mark.line + 1 if mark else None
             problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            opened = getattr(e, "context_mark", None)  # where the unclosed brace/bracket/quote began
+            if opened is not None and mark is not None and opened.line != mark.line:
+                problem += f" ({(getattr(e, 'context', None) or 'the construct').removeprefix('while ')} " \
+                           f"that began on line {opened.line + 1}, column {opened.column + 1})"
             raise SpecError(f"not valid YAML: {problem}", Where(path, line)) from None
         except RecursionError:
             raise SpecError("not valid YAML: nested too deeply", Where(path)) from None

@@ -68,4 +68,4 @@ def test_worker_step_builds_what_the_driver_planned_and_refuses_another_key(tmp_
     # the driver then holds exactly what a local build leaves: manifest, validation, stamps
     assert plan(root, env)["llama/sm90/tp1-pp1"]["state"] == "fresh"
     r = doit(root, env=env)
-    assert r.returncode == 0 and "1 engine(s) up to date" in r.stdout and len(trtllm_log(env)) == 1
+    assert r.returncode == 0 and "nothing to do: 1 up to date" in r.stdout and len(trtllm_log(env)) == 1

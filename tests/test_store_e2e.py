@@ -57,6 +57,9 @@ def test_second_clone_restores_instead_of_building(tmp_path: Path, standins, sto
     assert r.stdout.count("pushed ") == 3
     before = plan(second, env)
     assert {k: (v["state"], v["store"]) for k, v in before.items()} == {e: ("missing", True) for e in ENGINES}
+    text = doit(second, "plan", env=env).stdout.splitlines()  # the text plan says so too
+    assert all("the store has it: `doit` restores it instead of building" in line for line in text[:-1]), text
+    assert text[-1] == "3 engines: 3 missing (3 restorable from the store)", text
     n = len(built_engines(env))
     r = doit(second, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -121,4 +124,4 @@ def test_host_without_the_arch_restores_and_does_not_fail(tmp_path: Path, standi
     r = doit(_clone(tmp_path / "laptop2"), env={**cpu_env, "BUILDLIB_STORE": str(empty)})
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("needs an sm90 host; not built here") == 3
-    assert "3 engine(s) not built here, needs an sm90 host: " in r.stdout
+    assert "3 engines not built here, needs an sm90 host: " in r.stdout
