@@ -8,11 +8,17 @@ from .base import Backend
 
 
 @cache
-def get_backend(name: str) -> Backend:
+def backend_classes() -> dict[str, type[Backend]]:
+    """Every backend, by its models.yaml name."""
     from .aoti import AotiBackend
     from .trtllm import TrtllmBackend
 
-    backends: dict[str, type[Backend]] = {b.name: b for b in (TrtllmBackend, AotiBackend)}
+    return {b.name: b for b in (TrtllmBackend, AotiBackend)}
+
+
+@cache
+def get_backend(name: str) -> Backend:
+    backends = backend_classes()
     if name not in backends:
         raise KeyError(f"unknown backend {name!r}; choose one of {', '.join(sorted(backends))}")
     return backends[name]()

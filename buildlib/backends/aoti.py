@@ -51,6 +51,10 @@ class AotiBackend(Backend):
                             field="max_input_len")
         return out
 
+    def build_schema(self) -> dict[str, Any]:
+        return {k: {"type": "integer", "minimum": 1, "maximum": MAX_SIZE, "description": f"aoti {k} (default {v})"}
+                for k, v in BUILD_DEFAULTS.items()}
+
     def check_model(self, model: ModelSpec) -> None:
         if model.parallel != ((1, 1),):
             raise SpecError("aoti builds single-device engines only: use parallel: [{tp: 1, pp: 1}]",

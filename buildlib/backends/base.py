@@ -77,6 +77,11 @@ class Backend(ABC):
     def resolve_build(self, build: dict[str, Any]) -> dict[str, Any]:
         """Validate models.yaml `build:` and fill every default; raise SpecError(field=option)."""
 
+    @abstractmethod
+    def build_schema(self) -> dict[str, Any]:
+        """JSON Schema of each `build:` option this backend takes, from the table resolve_build checks against
+        (buildlib.schema puts them into the models.yaml schema)."""
+
     def check_model(self, model: ModelSpec) -> None:  # noqa: B027 - optional hook, most backends accept all
         """Reject models this backend cannot build (SpecError with field set)."""
 

@@ -19,6 +19,7 @@ from .base import Backend, Job, dist_version, model_architecture
 from .trtllm_options import (
     TRTLLM_SERIES,
     OptionError,
+    build_schema,
     check_quantization,
     check_target,
     needs_architecture,
@@ -88,6 +89,9 @@ class TrtllmBackend(Backend):
             return resolve_build_options(build)
         except OptionError as e:
             raise SpecError(e.message, field=e.field) from None
+
+    def build_schema(self) -> dict[str, Any]:
+        return build_schema()
 
     def check_model(self, model: ModelSpec) -> None:
         """What the real 1.2.x would refuse after GPU time is spent, refused while models.yaml is read."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from ..spec import CONTROL_RE, MAX_SIZE
 
@@ -404,3 +405,33 @@ def to_argv(given: dict[str, object], root: str = ".") -> list[str]:
         else:
             argv += [f"--{name}", str(value)]
     return argv
+
+
+def build_schema() -> dict[str, Any]:
+    """JSON Schema of each `build:` option, from BUILD_OPTIONS (the table resolve_build_options checks against):
+    null means the default; YAML booleans are accepted where the validator maps them (enable/disable)."""
+
+    def one(opt: BuildOption) -> dict[str, Any]:
+        if opt.kind == "int":
+            t: dict[str, Any] = {"type": "integer", "minimum": 1 if opt.name in _POSITIVE else 0, "maximum": MAX_SIZE}
+        elif opt.kind == "float":
+            t = {"type": "number"}
+        elif opt.kind == "str":
+            t = {"type": "string"}
+        elif opt.kind == "flag":
+            t = {"type": "boolean"}
+        elif opt.kind == "choice":
+            t = {"enum": list(opt.choices)}
+            if opt.choices == _ENABLE_DISABLE:
+                t = {"anyOf": [t, {"type": "boolean"}]}
+            elif "disable" in opt.choices:
+                t = {"anyOf": [t, {"const": False}]}
+        else:
+            item: dict[str, Any] = {"enum": list(opt.choices)} if opt.choices else {"type": "string", "minLength": 1}
+            t = {"type": "array", "minItems": 1, "items": item}
+        return {"anyOf": [t, {"type": "null"}], "description": f"trtllm-build --{opt.name} (1.2.x default: "
+                f"{opt.default!r})"}
+
+    out = {name: one(opt) for name, opt in BUILD_OPTIONS.items()}
+    out.update({alias: {**out[name], "description": f"alias of {name}"} for alias, name in ALIASES.items()})
+    return out
