@@ -11,6 +11,7 @@ from typing import Any
 from .ci import is_work, markdown_summary, parse_shard, shard, task_name
 from .command import EngineCommand
 from .errors import UserError
+from .forecast import lines as forecast_lines
 from .plan import BLOCKED, FRESH, EngineState, Planner, shown, state_json
 from .plugin import exit_on_user_error
 from .sched import engine_expected_seconds
@@ -25,6 +26,8 @@ opt_shard = {"name": "shard", "long": "shard", "type": str, "default": "",
                      "expected build time; the same on every host with the same checkout"}
 opt_markdown = {"name": "markdown", "long": "markdown", "type": str, "default": "",
                 "help": "also write a Markdown summary to this file (e.g. $GITHUB_STEP_SUMMARY)"}
+opt_gpus = {"name": "gpus", "long": "gpus", "type": int, "default": 0,
+            "help": "forecast the wall time on this many GPUs per arch [default: this host's GPUs of each arch]"}
 opt_targets = {"name": "targets", "long": "targets", "type": bool, "default": False,
                "help": "print only the doit tasks that finish the selected buildable engines, one per line "
                        "(validate:<engine>, or build:<engine> without validation): doit $(doit plan --targets)"}
@@ -58,13 +61,13 @@ class PlanCmd(EngineCommand):
                        "  unvalidated  built, but its validation failed or has not run (the failure and its log)\n"
                        "CI: `doit $(doit plan --shard 2/4 --targets '*/sm90/*')` builds the 2nd of 4 shards\n"
                        "of the sm90 engines that are stale or missing; every such engine is in exactly one shard.")
-    cmd_options = (opt_json, opt_check, opt_shard, opt_targets, opt_markdown)
+    cmd_options = (opt_json, opt_check, opt_shard, opt_targets, opt_markdown, opt_gpus)
 
-    def _execute(self, as_json: bool, check: bool, shard: str, targets: bool, markdown: str,
+    def _execute(self, as_json: bool, check: bool, shard: str, targets: bool, markdown: str, gpus: int,
                  pos_args: list[str] | None = None) -> int:
-        return exit_on_user_error(lambda: self._run(as_json, check, shard, targets, markdown, pos_args or []))
+        return exit_on_user_error(lambda: self._run(as_json, check, shard, targets, markdown, gpus, pos_args or []))
 
-    def _run(self, as_json: bool, check: bool, shard_spec: str, targets: bool, markdown: str,
+    def _run(self, as_json: bool, check: bool, shard_spec: str, targets: bool, markdown: str, gpus: int,
              globs: list[str]) -> int:
         which = parse_shard(shard_spec) if shard_spec else None
         if as_json and targets:
@@ -89,10 +92,18 @@ class PlanCmd(EngineCommand):
         else:
             for s in states:
                 self.outstream.write(render(s) + "\n")
+            for line in forecast_lines(planner, states, gpus_option(gpus)):
+                self.outstream.write(line + "\n")
             self.outstream.write(summary(states) + "\n")
         if check and any(s.state not in (FRESH, BLOCKED) for s in states):
             return 1
         return 0
+
+
+def gpus_option(gpus: int) -> int | None:
+    if gpus < 0:
+        raise UserError(f"--gpus {gpus}: give a number of GPUs (>= 1), or leave it out for this host's")
+    return gpus or None
 
 
 def markdown_is_summary(path: str) -> bool:

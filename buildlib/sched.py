@@ -373,30 +373,21 @@ def _built(engine_dir: Path) -> tuple[float, int] | None:
     return float(seconds), max(1, len(m.built.get("gpus") or ()))
 
 
-def expected_seconds(engine_dir: Path, workers: int = 1, checkpoint_bytes: int = 0, *,
-                     bytes_per_second: float = BYTES_PER_SECOND, startup_seconds: float = STARTUP_SECONDS) -> float:
-    """How long building this engine is expected to take, from the best evidence available:
+@dataclass(frozen=True)
+class Estimate:
+    """An expected build time and what it rests on: `this engine` (its own last build), `its model` (builds of the
+    same model on other archs/configs), or `checkpoint size` (no build recorded: a default rate)."""
 
-    1. the engine dir's own manifest (`built.seconds`): the same model/arch/parallel built before,
-       e.g. before an option or toolchain change made it stale;
-    2. engines of the same model on other archs/parallel configs (`engines/<model>/*/*/`): the
-       median of their seconds × their GPU count / `workers`, since trtllm-build's work is roughly
-       the model's size spread over its --workers;
-    3. the checkpoint size: startup_seconds + checkpoint_bytes / (bytes_per_second × workers).
-    Only the order matters for scheduling; reading a few small manifests costs far less than one
-    badly placed hour-long build at the end of the run.
-    """
-    known = _from_manifests(engine_dir, workers)
-    if known is not None:
-        return known
-    return startup_seconds + checkpoint_bytes / (bytes_per_second * max(1, workers))
+    seconds: float
+    basis: str
+    builds: int  # how many recorded builds it rests on
 
 
-def _from_manifests(engine_dir: Path, workers: int) -> float | None:
-    """Sources 1 and 2 of expected_seconds, or None when no engine of the model was built yet."""
+def recorded(engine_dir: Path, workers: int = 1) -> Estimate | None:
+    """Sources 1 and 2 of estimate(), or None when no engine of the model was built yet."""
     own = _built(engine_dir)
     if own is not None:
-        return own[0]
+        return Estimate(own[0], "this engine", 1)
     others = []
     for m in sorted(engine_dir.parent.parent.glob(f"*/*/{MANIFEST}")):
         got = _built(m.parent) if m.parent != engine_dir else None
@@ -406,22 +397,52 @@ def _from_manifests(engine_dir: Path, workers: int) -> float | None:
         return None
     others.sort()
     mid = len(others) // 2
-    return others[mid] if len(others) % 2 else (others[mid - 1] + others[mid]) / 2  # the median
+    return Estimate(others[mid] if len(others) % 2 else (others[mid - 1] + others[mid]) / 2, "its model", len(others))
+
+
+def estimate(engine_dir: Path, workers: int = 1, checkpoint_bytes: int = 0, *,
+             bytes_per_second: float = BYTES_PER_SECOND, startup_seconds: float = STARTUP_SECONDS) -> Estimate:
+    """How long building this engine is expected to take, from the best evidence available:
+
+    1. the engine dir's own manifest (`built.seconds`): the same model/arch/parallel built before,
+       e.g. before an option or toolchain change made it stale;
+    2. engines of the same model on other archs/parallel configs (`engines/<model>/*/*/`): the
+       median of their seconds × their GPU count / `workers`, since trtllm-build's work is roughly
+       the model's size spread over its --workers;
+    3. the checkpoint size: startup_seconds + checkpoint_bytes / (bytes_per_second × workers).
+    For scheduling only the order matters; reading a few small manifests costs far less than one
+    badly placed hour-long build at the end of the run.
+    """
+    known = recorded(engine_dir, workers)
+    if known is not None:
+        return known
+    return Estimate(startup_seconds + checkpoint_bytes / (bytes_per_second * max(1, workers)), "checkpoint size", 0)
+
+
+def expected_seconds(engine_dir: Path, workers: int = 1, checkpoint_bytes: int = 0, **rates: float) -> float:
+    """estimate(...).seconds: what longest-first ordering sorts by."""
+    return estimate(engine_dir, workers, checkpoint_bytes, **rates).seconds
+
+
+def engine_estimate(planner: Planner, engine: Engine, workers: int | None = None) -> Estimate:
+    """estimate() for an engine of a plan. Its workers: the GPUs its backend wants, capped at this host's GPUs
+    of its arch (1 where the host has none), unless given; its checkpoint size comes from the planner's (cached)
+    digest, read only where no build of its model was recorded."""
+    from .backends import get_backend
+
+    if workers is None:
+        host = len(planner.host.gpus_of(engine.arch, engine.model.gpu_name))
+        workers = min(get_backend(engine.model.backend).gpus_needed(engine), host) if host else 1
+    edir = engine.dir(planner.spec.project)
+    known = recorded(edir, workers)
+    if known is not None:
+        return known  # small JSON reads for built engines; the checkpoint is not touched
+    ckpt = planner.checkpoint(engine.model)
+    return estimate(edir, workers, sum(s for s, _ in ckpt.files.values()) if ckpt is not None else 0)
 
 
 def engine_expected_seconds(planner: Planner, engine: Engine) -> float:
-    """expected_seconds for an engine of a plan: its workers are the GPUs its backend wants, capped at
-    this host's GPUs of its arch, and its checkpoint size comes from the planner's (cached) digest."""
-    from .backends import get_backend
-
-    host = len(planner.host.gpus_of(engine.arch, engine.model.gpu_name))
-    workers = min(get_backend(engine.model.backend).gpus_needed(engine), host) if host else 1
-    edir = engine.dir(planner.spec.project)
-    known = _from_manifests(edir, workers)
-    if known is not None:
-        return known  # one small JSON read for a built engine; the checkpoint is not touched
-    ckpt = planner.checkpoint(engine.model)
-    return expected_seconds(edir, workers, sum(s for s, _ in ckpt.files.values()) if ckpt is not None else 0)
+    return engine_estimate(planner, engine).seconds
 
 
 def order_longest_first(items: Iterable[T], key: Callable[[T], float]) -> list[T]:
