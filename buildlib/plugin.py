@@ -44,8 +44,10 @@ def doit_config(models: str | Path) -> dict[str, Any]:
 
 def dodo_tasks(models: str | Path, left_out: LeftOut | None = None) -> list[dict[str, Any]]:
     """Task dicts for a dodo.py (`basename` keys make each one a top-level task); see task_dicts
-    for `left_out`."""
-    return exit_on_user_error(lambda: list(task_dicts(planner_for(models), left_out)))
+    for `left_out`. The reporter learns where running steps record their progress."""
+    planner = exit_on_user_error(lambda: planner_for(models))
+    EngineReporter.work_dir = planner.spec.project.work_dir
+    return exit_on_user_error(lambda: list(task_dicts(planner, left_out)))
 
 
 class EngineLoader(TaskLoader2):

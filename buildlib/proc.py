@@ -10,6 +10,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from . import progress
 from .errors import BuildFailed
 
 TAIL_LINES = 20
@@ -66,6 +67,7 @@ def run_logged(argv: Sequence[str], log: Path, what: str, env: Mapping[str, str]
         try:
             for line in proc.stdout:
                 f.write(line)
+                progress.phase_from_line(line)
                 if echo:
                     sys.stdout.buffer.write(line)
                     sys.stdout.flush()

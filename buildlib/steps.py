@@ -11,6 +11,7 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from . import progress
 from .backends import get_backend
 from .backends.base import Job
 from .checkpoint import check_checkpoint
@@ -108,7 +109,9 @@ def convert(planner: Planner, engine: Engine) -> None:
             raise BuildFailed(f"convert:{engine.convert_id} calibrates quantization on a GPU; this host has none")
 
         def make(tmp: Path) -> None:
-            with gpu_slots(planner.host.gpus, want) as gpus:
+            with gpu_slots(planner.host.gpus, want) as gpus, \
+                    progress.step(planner.spec.project.work_dir, f"convert:{engine.convert_id}", "convert",
+                                  [g.index for g in gpus]):
                 backend.convert(Job(engine, checkpoint_dir(planner.spec, engine.model), None, tmp, gpus,
                                     tmp / "build.log", planner.spec.project.work_dir, planner.spec.project.root))
 
@@ -156,7 +159,10 @@ def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None,
         if st.state == FRESH:
             return Outcome(FRESH, None, "up to date")
         store = planner.store
-        if store is not None and st.key and _restore(planner, store, st.key, st.fields or {}, dest):
+        with progress.step(planner.spec.project.work_dir, f"build:{engine.id}", "restore"):
+            restored = bool(store is not None and st.key and _restore(planner, store, st.key, st.fields or {}, dest))
+        if restored:
+            assert store is not None
             say(f"restored {engine.id} from {store.url}")
             return Outcome(FRESH, None, "restored")
         if st.state == BLOCKED:
@@ -170,7 +176,9 @@ def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None,
             convert(planner, engine)
         elif converted is None:
             check_inputs(planner, engine.model)  # the backend reads the checkpoint itself
-        with _slots(planner, engine, backend.gpus_needed(engine), gpus, priority, f"build:{engine.id}") as held:
+        with _slots(planner, engine, backend.gpus_needed(engine), gpus, priority, f"build:{engine.id}") as held, \
+                progress.step(planner.spec.project.work_dir, f"build:{engine.id}", "build", [g.index for g in held],
+                              priority):
             say(f"building {engine.id} ({'; '.join(st.reasons)})" + (f" on {describe(held)}" if held else ""))
             t0 = time.monotonic()
 
@@ -261,7 +269,9 @@ def validate(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None
     log.unlink(missing_ok=True)
     t0 = time.monotonic()
     try:
-        with _slots(planner, engine, backend.validate_gpus(engine), gpus, priority, f"validate:{engine.id}") as held:
+        with _slots(planner, engine, backend.validate_gpus(engine), gpus, priority, f"validate:{engine.id}") as held, \
+                progress.step(planner.spec.project.work_dir, f"validate:{engine.id}", "validate",
+                              [g.index for g in held]):
             result = backend.validate(Job(engine, checkpoint_dir(planner.spec, engine.model), None, dest,
                                           held, log, planner.spec.project.work_dir, planner.spec.project.root))
     except BuildFailed as e:  # recorded, so `doit plan` shows the engine as unvalidated and why

@@ -267,12 +267,12 @@ def task_dicts(planner: Planner, left_out: LeftOut | None = None) -> Iterator[di
         bname, vname = f"build:{engine.id}", f"validate:{engine.id}"
         secs = 0.0 if fresh else engine_expected_seconds(planner, engine)
         expected[bname] = expected[vname] = secs
-        yield {"basename": bname, "doc": f"build the {model.backend} engine", "task_dep": deps,
-               "actions": [(build_action, [project, engine, secs])],
+        yield {"basename": bname, "doc": f"build the {model.backend} engine {engine.id}", "task_dep": deps,
+               "actions": [(build_action, [project, engine, secs])], "meta": {"expected": secs},
                "uptodate": [True if fresh else EngineFresh(project, engine)]}
         final = bname
         if model.validate:
-            yield {"basename": vname, "doc": "load the engine and run it", "task_dep": [bname],
+            yield {"basename": vname, "doc": f"load the engine {engine.id} and run it", "task_dep": [bname],
                    "actions": [(validate_action, [project, engine, secs])],
                    "uptodate": [True if done else EngineValidated(project, engine)]}
             groups["validate"].append(vname)

@@ -8,6 +8,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import BackendUnavailable
+
 DTYPES = ("float32", "float16", "bfloat16")
 # Bump when the bytes write_checkpoint produces for given arguments change (it names the output dir).
 GENERATOR_VERSION = 1
@@ -22,9 +24,14 @@ def write_checkpoint(out_dir: Path, *, seed: int = 0, hidden_size: int = 64, num
     drawn tensor by tensor in sorted-name order, so the same arguments give byte-identical files.
     The dir is written beside out_dir and renamed into place (an existing out_dir is replaced).
     """
-    import torch
-    from safetensors.torch import save_file
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    try:
+        import torch
+        from safetensors.torch import save_file
+        from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    except ImportError as e:
+        raise BackendUnavailable(f"the tinyllama checkpoint generator needs torch, transformers and safetensors "
+                                 f"({e}): pip install torch==2.13.0 -e '.[aoti]' (on a GPU host, your CUDA torch)") \
+            from None
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")

@@ -35,6 +35,11 @@ def log(msg: str) -> None:
     print(f"[aoti_worker] {msg}", file=sys.stderr, flush=True)
 
 
+def phase(name: str) -> None:
+    """The phase this worker enters, for doit's live view (buildlib.progress reads these lines)."""
+    print(f"[phase] {name}", file=sys.stderr, flush=True)
+
+
 def _configure(req: dict[str, Any]) -> str:
     """Environment that must be set before torch is imported; returns the -march baseline pinned.
 
@@ -155,17 +160,20 @@ def compile_package(req: dict[str, Any]) -> dict[str, Any]:
     package = Path(req["package"])
     package.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    phase("load")
     model = _load_model(req)
     max_batch, max_seq = req["max_batch_size"], req["max_seq_len"]
     sample = _prompt(model.config.vocab_size, min(2, max_batch), min(8, max_seq), req["device"])
     log(f"loaded {req['checkpoint']} ({req['dtype']}, {req['device']}) in {time.perf_counter() - t0:.1f}s; "
         f"exporting batch<={max_batch} seq<={max_seq}")
     t1 = time.perf_counter()
+    phase("export")
     with torch.no_grad():
         ep, dynamic = _export(_logits_only(model), sample, max_batch, max_seq)
     export_s = time.perf_counter() - t1
     log(f"exported in {export_s:.1f}s: {dynamic}; compiling (march={march}, vec isa {pick_vec_isa()})")
     t2 = time.perf_counter()
+    phase("compile")
     out = torch._inductor.aoti_compile_and_package(ep, package_path=str(package))
     compile_s = time.perf_counter() - t2
     log(f"compiled {out} in {compile_s:.1f}s")
@@ -180,6 +188,7 @@ def validate_package(req: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     t0 = time.perf_counter()
+    phase("load")
     runner = torch._inductor.aoti_load_package(req["package"])
     model = _load_model(req)
     vocab = model.config.vocab_size
@@ -188,6 +197,7 @@ def validate_package(req: dict[str, Any]) -> dict[str, Any]:
     shapes = list(dict.fromkeys([(min(2, b), min(7, s)), (1, 1), (b, min(req["max_input_len"], s, 13))]))
     abs_err = rel_err = 0.0
     tokens: dict[str, list[int]] = {"compiled": [], "eager": []}
+    phase("compare")
     with torch.no_grad():
         for shape in shapes:
             ids = _prompt(vocab, *shape, req["device"])
