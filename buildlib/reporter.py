@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 # The tally's words, in its order: `3 built, 1 restored, 2 validated, 1 failed, 500 up to date, 500 not for this host`
 TALLY = ("built", "restored", "validated", "failed", "up to date", "not for this host")
-STEPS = ("checkpoint:", "convert:", "build:", "validate:")
+STEPS = ("checkpoint:", "convert:", "build:", "validate:", "triton:")
 
 
 class EngineReporter(ConsoleReporter):

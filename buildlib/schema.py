@@ -64,6 +64,8 @@ def _model_properties() -> dict[str, Any]:
         "validate": {"type": "boolean"},
         "model_class": NULLABLE_STR,
         "trust_remote_code": {"type": "boolean"},
+        "triton": {"type": ["object", "null"], "additionalProperties": {"type": ["string", "number", "boolean"]},
+                   "description": "values for the Triton config.pbtxt placeholders (buildlib.triton)"},
     }
     missing = MODEL_KEYS - set(props)
     assert not missing, f"models.yaml keys without a schema: {missing}"  # a new key needs its schema here
@@ -85,6 +87,8 @@ def schema() -> dict[str, Any]:
         "models": {"type": "array", "minItems": 1, "items": entry},
         "engines_dir": {"type": "string"}, "work_dir": {"type": "string"},
         "store": {"type": ["string", "null"], "description": "a dir, file://, or s3://bucket/prefix"},
+        "triton_templates": {"type": "string", "description": "tensorrtllm_backend's all_models/inflight_batcher_llm"},
+        "triton_dir": {"type": "string", "description": "where Triton model repositories go [triton]"},
     }
     assert set(top) == TOP_KEYS, set(top) ^ TOP_KEYS
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "enginebuild/models.schema.json",

@@ -50,9 +50,9 @@ GENERATED_LIMITS = {"hidden_size": 16384, "num_hidden_layers": 256, "num_attenti
 TINYLLAMA_DEFAULTS = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
                       "intermediate_size": 128, "vocab_size": 256, "max_position_embeddings": 512}
 
-TOP_KEYS = {"defaults", "models", "engines_dir", "work_dir", "store"}
+TOP_KEYS = {"defaults", "models", "engines_dir", "work_dir", "store", "triton_templates", "triton_dir"}
 MODEL_KEYS = {"backend", "dtype", "quantization", "archs", "parallel", "build", "gpu_name",
-              "max_workers", "validate", "model_class", "trust_remote_code"}
+              "max_workers", "validate", "model_class", "trust_remote_code", "triton"}
 NAMED_KEYS = {"name", "checkpoint"}
 
 
@@ -86,6 +86,7 @@ class ModelSpec:
     model_class: str | None
     line: int | None = None
     trust_remote_code: bool = False  # allow checkpoints with custom code (auto_map) or pickle weights
+    triton: tuple[tuple[str, str | int | float | bool], ...] = ()  # Triton config.pbtxt values (buildlib.triton)
 
     @property
     def build_options(self) -> dict[str, Any]:
@@ -104,6 +105,8 @@ class Project:
     engines_dir: Path
     work_dir: Path
     store: str | None = None
+    triton_templates: Path | None = None  # tensorrtllm_backend's all_models/inflight_batcher_llm (1.2.x)
+    triton_dir: Path | None = None  # where `triton:` tasks write model repositories (default <root>/triton)
 
     @property
     def root(self) -> Path:
@@ -174,7 +177,8 @@ def _cached_spec(cache: Path, key: str) -> Spec | None:
         if isinstance(m.checkpoint, Path) and not m.checkpoint.is_dir():
             return None  # re-parse: it raises the file:line error
     p = spec.project
-    if refusal(p.engines_dir, "engines_dir", p.root) or refusal(p.work_dir, "work_dir", p.root):
+    if any(d is not None and refusal(d, kind, p.root) for d, kind in
+           ((p.engines_dir, "engines_dir"), (p.work_dir, "work_dir"), (p.triton_dir, "triton_dir"))):
         return None  # re-parse: it raises the file:line error
     return spec
 
@@ -232,8 +236,10 @@ def _parse(path: Path, text: str) -> Spec:
         engines_dir=root / _opt_str(doc, ("engines_dir",), top.get("engines_dir", "engines")),
         work_dir=root / _opt_str(doc, ("work_dir",), top.get("work_dir", ".buildlib")),
         store=_opt_str(doc, ("store",), top.get("store")) if top.get("store") is not None else None,
+        triton_templates=_triton_templates(doc, root, top.get("triton_templates")),
+        triton_dir=root / _opt_str(doc, ("triton_dir",), top.get("triton_dir", "triton")),
     )
-    for kind in ("engines_dir", "work_dir"):
+    for kind in ("engines_dir", "work_dir", "triton_dir"):
         why = refusal(getattr(project, kind), kind, root)
         if why:
             raise doc.error((kind,), f"{getattr(project, kind)} {why}")
@@ -312,6 +318,14 @@ def _model(doc: YamlDoc, root: Path, defaults: dict, entry: dict, where: tuple, 
     trust = m.get("trust_remote_code", False)
     if not isinstance(trust, bool):
         raise doc.error(at("trust_remote_code"), f"must be true or false; got {trust!r}")
+    triton = m.get("triton") or {}
+    if isinstance(triton, dict) and isinstance(defaults.get("triton"), dict):
+        triton = {**defaults["triton"], **triton}  # per-placeholder: a model overrides what defaults set
+    if not isinstance(triton, dict) or not all(isinstance(k, str) and isinstance(v, str | int | float | bool)
+                                                and not (isinstance(v, str) and CONTROL_RE.search(v))
+                                                for k, v in triton.items()):
+        raise doc.error(at("triton"), "must map config.pbtxt placeholders to values, e.g. "
+                        "{kv_cache_free_gpu_mem_fraction: 0.9, decoupled_mode: true}")
     model_class = m.get("model_class")
     if model_class is not None and (not isinstance(model_class, str) or not model_class.isidentifier()):
         raise doc.error(at("model_class"), f"must be a class name like LlamaForCausalLM; got {model_class!r}")
@@ -321,6 +335,7 @@ def _model(doc: YamlDoc, root: Path, defaults: dict, entry: dict, where: tuple, 
         archs=tuple(archs), parallel=parallel, build=tuple(sorted(build.items())),
         gpu_name=gpu_name, max_workers=max_workers, validate=validate,
         model_class=model_class, line=doc.line(at("name")[:-1]), trust_remote_code=trust,
+        triton=tuple(sorted(triton.items())),
     )
     try:
         backend.check_model(spec)
@@ -416,6 +431,21 @@ def _arch(doc: YamlDoc, at: tuple, a: Any) -> str:
         return a
     raise doc.error(at, f"{a!r} is not an arch: an SM arch ({', '.join(GPU_ARCHS)}), a GPU name that stands for "
                     "one (h100, a100, l40s, b200, ...), or cpu (this host's ISA, e.g. x86_64-avx512)")
+
+
+def _triton_templates(doc: YamlDoc, root: Path, v: Any) -> Path | None:
+    """tensorrtllm_backend's `all_models/inflight_batcher_llm` of the 1.2.x release: the 5 model dirs."""
+    if v is None:
+        return None
+    p = (root / _opt_str(doc, ("triton_templates",), v)).absolute()
+    from .triton import MODELS
+
+    missing = [m for m in MODELS if not (p / m / "config.pbtxt").is_file()]
+    if missing:
+        raise doc.error(("triton_templates",), f"{p} is not tensorrtllm_backend's all_models/inflight_batcher_llm "
+                        f"(no {', '.join(f'{m}/config.pbtxt' for m in missing)}); point it at that dir of the "
+                        "release matching TensorRT-LLM 1.2.x (triton_backend/ in its repository)")
+    return p
 
 
 def _check_generated(doc: YamlDoc, at: tuple, d: dict[str, int]) -> None:

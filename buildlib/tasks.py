@@ -14,7 +14,7 @@ from typing import Any
 
 from doit.exceptions import TaskFailed
 
-from . import ray_exec, steps
+from . import ray_exec, steps, triton
 from .backends import get_backend
 from .engine import Engine
 from .errors import BackendUnavailable, BuildFailed, UserError
@@ -96,6 +96,16 @@ class ConvertedFresh(EngineFresh):
         return f"converted checkpoint for {self.engine.convert_id}: " + ("present" if self() else "not converted yet")
 
 
+class TritonFresh(EngineFresh):
+    """doit `uptodate` for a triton task: the repository was filled from this engine, templates and values."""
+
+    def __call__(self) -> bool:
+        return triton.fresh(_planner(self.project, self.engine.model), self.engine)
+
+    def __repr__(self) -> str:
+        return f"triton repository of {self.engine.id}: " + ("filled from this engine" if self() else "to be written")
+
+
 class CheckpointReady:
     """doit `uptodate` for a generated checkpoint: its dir exists (it is written atomically)."""
 
@@ -172,6 +182,17 @@ def build_action(project: Project, engine: Engine, expected: float) -> dict[str,
 
 
 @_failed_is_task_failure
+def triton_action(project: Project, engine: Engine) -> dict[str, Any]:
+    planner = _planner(project, engine.model)
+    st = planner.state(engine)
+    if st.state == BLOCKED:
+        steps.say(f"{engine.id}: {st.reasons[0]}; no Triton repository here")
+        return {"state": BLOCKED, "why": st.reasons[0]}
+    steps.say(f"triton repository for {engine.id} -> {triton.make_repository(planner, engine)}")
+    return {"state": FRESH}
+
+
+@_failed_is_task_failure
 def validate_action(project: Project, engine: Engine, expected: float) -> dict[str, Any]:
     remote = _on_ray(project, engine, "validate")
     if remote is not None:
@@ -182,13 +203,21 @@ def validate_action(project: Project, engine: Engine, expected: float) -> dict[s
     return {"state": BLOCKED if result is None else FRESH}
 
 
+def _serves(planner: Planner) -> bool:
+    """`triton:` tasks exist: triton_templates is set and some model is built with TensorRT-LLM."""
+    return planner.spec.project.triton_templates is not None and any(m.backend == "trtllm"
+                                                                       for m in planner.spec.models)
+
+
 def group_names(planner: Planner) -> list[str]:
     """The group tasks task_dicts yields, in order: `engines`, `convert` (when a backend converts), `build`,
     `validate`, each model, `cpu` (the engines of a `cpu` arch, whatever this host's ISA is named), each arch.
     Every one exists even if empty: `doit sm90` works when every sm90 engine is left out."""
     models = planner.spec.models
     converts = any(get_backend(m.backend).has_convert for m in models)
+    serves = _serves(planner)
     return list(dict.fromkeys(["engines", *(["convert"] if converts else []), "build", "validate",
+                               *(["triton"] if serves else []),
                                *(m.name for m in models), *(["cpu"] if any("cpu" in m.archs for m in models) else []),
                                *(e.arch for e in planner.engines())]))
 
@@ -230,6 +259,7 @@ def task_dicts(planner: Planner, left_out: LeftOut | None = None) -> Iterator[di
     expected: dict[str, float] = {}
     groups: dict[str, list[str]] = {g: [] for g in group_names(planner)}
     generate: set[str] = set()  # models whose checkpoint has a generate task
+    serves = _serves(planner)
     for model in planner.spec.models:
         if not isinstance(model.checkpoint, GeneratedCheckpoint):
             continue
@@ -258,6 +288,15 @@ def task_dicts(planner: Planner, left_out: LeftOut | None = None) -> Iterator[di
             deps.append(cname)
         fresh = st.state == FRESH
         done = fresh and (not model.validate or st.validated)
+        serve = serves and model.backend == "trtllm" and not (left_out is not None and st.state == BLOCKED and no_store)
+        if serve and not (done and left_out is not None and triton.fresh(planner, engine)):
+            tname = f"triton:{engine.id}"
+            groups["triton"].append(tname)
+            groups["engines"].append(tname)
+            yield {"basename": tname, "doc": f"the Triton model repository of {engine.id}",
+                   "task_dep": [] if done and left_out is not None else
+                   [f"validate:{engine.id}" if model.validate else f"build:{engine.id}"],
+                   "actions": [(triton_action, [project, engine])], "uptodate": [TritonFresh(project, engine)]}
         if left_out is not None and done:
             left_out.done.append(engine.id)
             continue

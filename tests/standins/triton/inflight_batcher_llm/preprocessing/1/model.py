@@ -1,0 +1,1 @@
+"""Stand-in for preprocessing/1/model.py of the release (its Python model, copied as is)."""
