@@ -38,6 +38,9 @@ def test_first_run_builds_and_validates_a_real_engine(built):
     root, out = built
     assert f"built {ENGINE}" in out
     assert f"validated {ENGINE}" in out
+    # off a terminal: the worker's phases as plain lines while it runs, and the tally at the end (dodo.py too)
+    assert f"build:{ENGINE}: compile (after " in out and "\x1b[" not in out
+    assert out.splitlines()[-1] == "1 built, 1 validated, 1 not for this host", out
     edir = root / "engines" / ENGINE
     assert (edir / "model.pt2").stat().st_size > 100_000
     v = json.loads((edir / "validation.json").read_text())
@@ -58,6 +61,9 @@ def test_second_run_does_nothing(built):
     assert r.returncode == 0
     assert f"building {ENGINE}" not in r.stdout and f"validated {ENGINE}" not in r.stdout
     assert f"-- build:{ENGINE}" in r.stdout
+    assert r.stdout.splitlines()[-1] == "nothing to do: 1 up to date, 1 not for this host", r.stdout
+    r = doit(root, "cpu", env=_env())  # this host's CPU engine, whatever its ISA is named
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == "nothing to do: 1 up to date", r.stdout
 
 
 def test_changed_max_seq_len_makes_it_stale(built):
