@@ -21,7 +21,7 @@ ALLOWED_UNDER_SYSTEM = (Path("/var/tmp"), Path("/dev/shm"))  # scratch space for
 _KEY = re.compile(r"^[0-9a-f]{32}$")
 # What each kind of dir holds when buildlib made it (for trees from before the marker).
 _WORK_NAMES = frozenset({"statcache.sqlite", "statcache.sqlite-wal", "statcache.sqlite-shm", "spec-cache.pickle",
-                         "checkpoints", "generated", "timing-cache", "inductor-cache"})
+                         "checkpoints", "generated", "timing-cache", "inductor-cache", "progress"})
 
 
 def _is_ours_legacy(kind: str, d: Path) -> bool:
