@@ -65,8 +65,8 @@ def _step(req: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
     try:
         yield {"ok": True, **run_step(req)}
-    except (UserError, BuildFailed) as e:
-        yield {"ok": False, "error": str(e)}
+    except (UserError, BuildFailed) as e:  # the log path is on that node: say which
+        yield {"ok": False, "error": f"on Ray node {socket.gethostname()}: {e}"}
 
 
 class RayExecutor:

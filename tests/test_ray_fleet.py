@@ -129,6 +129,25 @@ def test_workers_without_the_drivers_engines_dir_send_engines_back_through_the_s
     assert r.returncode == 0 and len(trtllm_log(node_env)) == 1, r.stdout + r.stderr
 
 
+def test_a_failing_build_is_reported_with_its_log_and_not_retried(tmp_path, cluster, standins):
+    addr, node_env = cluster
+    root = tmp_path / "repo"
+    write_hf_checkpoint(root / "ckpt/llama", shards=1, seed=6)
+    (root / "models.yaml").write_text("defaults: {backend: trtllm, build: {max_batch_size: 8}}\n"
+                                      "models:\n  - {name: llama, checkpoint: ckpt/llama, archs: [sm90]}\n")
+    (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
+    driver = {**standins(gpus=[]), "BUILDLIB_RAY": addr, "STANDIN_TRTLLM_LOG": node_env["STANDIN_TRTLLM_LOG"],
+              # the builder kills itself after rank 0, on the node (the hook reaches it through the task's env)
+              "BUILDLIB_RAY_RUNTIME_ENV": json.dumps({"env_vars": {"STANDIN_TRTLLM_CRASH_AFTER_RANK": "0"}})}
+    r = doit(root, env=driver, timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert "build:llama/sm90/tp1-pp1 failed (killed by SIGKILL); full log: " in out, out
+    assert "ray: at the end: sm90: 1 failed" in out
+    assert len(trtllm_log(node_env)) == 1  # a failing build is not a lost node: not retried
+    assert not (root / "engines/llama/sm90/tp1-pp1/manifest.json").exists()
+
+
 def test_ctrl_c_on_the_driver_cancels_the_ray_tasks(tmp_path, cluster, standins):
     addr, node_env = cluster
     root = tmp_path / "repo"
