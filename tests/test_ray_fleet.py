@@ -32,21 +32,33 @@ models:
 """
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, standins) -> Iterator[tuple[str, dict[str, str]]]:
-    """A head node with two sm90 GPUs and a worker node with one sm80 GPU, on loopback, in their own temp dir."""
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[str]:
+    """A head node with two sm90 GPUs and a worker node with one sm80 GPU, on loopback, in their own temp dir,
+    shared by this module's tests (each test is its own Ray job, with its own env: see job())."""
+    from tests.standins import standin_env
+
+    base = tmp_path_factory.mktemp("cluster")
     temp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's unix socket paths must fit 107 bytes
     port = 20000 + os.getpid() % 20000
-    sm90 = standins(gpus=[H100, H100])
-    sm80 = {**standin_env_for(tmp_path / "s80", [A100]), "STANDIN_TRTLLM_LOG": sm90["STANDIN_TRTLLM_LOG"]}
     try:
-        start_node(sm90, temp, "--head", "--port", str(port), "--temp-dir", temp, "--include-dashboard=false")
-        start_node(sm80, temp, "--address", f"127.0.0.1:{port}")
-        yield f"127.0.0.1:{port}", sm90
+        start_node(standin_env(base / "s90", gpus=[H100, H100]), temp, "--head", "--port", str(port),
+                   "--temp-dir", temp, "--include-dashboard=false")
+        start_node(standin_env(base / "s80", gpus=[A100]), temp, "--address", f"127.0.0.1:{port}")
+        yield f"127.0.0.1:{port}"
     finally:
         stop(temp)
         assert not own_processes(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def job(addr: str, standins, tmp_path: Path, runtime_env: dict | None = None, **env_vars: str) -> dict[str, str]:
+    """The driver's env for one test: no GPU, the cluster's address, and a runtime_env whose env_vars reach the
+    job's workers: this test's own stand-in build log (read back with trtllm_log(driver)) and hooks."""
+    log = str(tmp_path / "builds.log")
+    runtime = {**(runtime_env or {}), "env_vars": {"STANDIN_TRTLLM_LOG": log, **env_vars}}
+    return {**standins(gpus=[]), "BUILDLIB_RAY": addr, "STANDIN_TRTLLM_LOG": log,
+            "BUILDLIB_RAY_RUNTIME_ENV": json.dumps(runtime)}
 
 
 def wait_started(proc: subprocess.Popen, fifo: Path) -> None:
@@ -67,13 +79,12 @@ def standin_env_for(root: Path, gpus: list[dict]) -> dict[str, str]:
 
 
 def test_refresh_lands_each_engine_on_its_arch_once_from_a_driver_without_gpus(tmp_path, cluster, standins):
-    addr, node_env = cluster
     root = tmp_path / "repo"
     write_hf_checkpoint(root / "ckpt/llama", shards=2, seed=1)
     write_hf_checkpoint(root / "ckpt/mistral", shards=1, seed=2, arch="MistralForCausalLM")
     (root / "models.yaml").write_text(MODELS)
     (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
-    driver = {**standins(gpus=[]), "BUILDLIB_RAY": addr, "STANDIN_TRTLLM_LOG": node_env["STANDIN_TRTLLM_LOG"]}
+    driver = node_env = job(cluster, standins, tmp_path)
     r = doit(root, "-n", "8", "-P", "thread", env=driver, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
     builds = trtllm_log(node_env)
@@ -104,7 +115,6 @@ def test_workers_without_the_drivers_engines_dir_send_engines_back_through_the_s
     """The driver ships its checkout as Ray's working_dir: each worker builds into its own copy, pushes to the
     shared store; the driver restores the engine and keeps the worker's validation record beside it, so it holds
     what a local build makes (manifest, validation.json) and `doit plan` shows it fresh, not `not validated yet`."""
-    addr, node_env = cluster
     root = tmp_path / "repo"
     store = tmp_path / "store"
     store.mkdir()
@@ -112,8 +122,7 @@ def test_workers_without_the_drivers_engines_dir_send_engines_back_through_the_s
     (root / "models.yaml").write_text(f"store: {store}\ndefaults: {{backend: trtllm, build: {{max_batch_size: 8}}}}\n"
                                       "models:\n  - {name: llama, checkpoint: ckpt/llama, archs: [sm90]}\n")
     (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
-    driver = {**standins(gpus=[]), "BUILDLIB_RAY": addr, "STANDIN_TRTLLM_LOG": node_env["STANDIN_TRTLLM_LOG"],
-              "BUILDLIB_RAY_RUNTIME_ENV": json.dumps({"working_dir": str(root)})}
+    driver = node_env = job(cluster, standins, tmp_path, {"working_dir": str(root)})
     r = doit(root, env=driver, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     (build,) = trtllm_log(node_env)
@@ -130,15 +139,13 @@ def test_workers_without_the_drivers_engines_dir_send_engines_back_through_the_s
 
 
 def test_a_failing_build_is_reported_with_its_log_and_not_retried(tmp_path, cluster, standins):
-    addr, node_env = cluster
     root = tmp_path / "repo"
     write_hf_checkpoint(root / "ckpt/llama", shards=1, seed=6)
     (root / "models.yaml").write_text("defaults: {backend: trtllm, build: {max_batch_size: 8}}\n"
                                       "models:\n  - {name: llama, checkpoint: ckpt/llama, archs: [sm90]}\n")
     (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
-    driver = {**standins(gpus=[]), "BUILDLIB_RAY": addr, "STANDIN_TRTLLM_LOG": node_env["STANDIN_TRTLLM_LOG"],
-              # the builder kills itself after rank 0, on the node (the hook reaches it through the task's env)
-              "BUILDLIB_RAY_RUNTIME_ENV": json.dumps({"env_vars": {"STANDIN_TRTLLM_CRASH_AFTER_RANK": "0"}})}
+    # the builder kills itself after rank 0, on the node (the hook reaches it through the job's env)
+    driver = node_env = job(cluster, standins, tmp_path, STANDIN_TRTLLM_CRASH_AFTER_RANK="0")
     r = doit(root, env=driver, timeout=600)
     out = r.stdout + r.stderr
     assert r.returncode == 1, out
@@ -149,16 +156,14 @@ def test_a_failing_build_is_reported_with_its_log_and_not_retried(tmp_path, clus
 
 
 def test_ctrl_c_on_the_driver_cancels_the_ray_tasks(tmp_path, cluster, standins):
-    addr, node_env = cluster
     root = tmp_path / "repo"
     write_hf_checkpoint(root / "ckpt/llama", shards=1, seed=3)
     (root / "models.yaml").write_text("defaults: {backend: trtllm, build: {max_batch_size: 8}}\n"
                                       "models:\n  - {name: llama, checkpoint: ckpt/llama, archs: [sm90]}\n")
     (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
     marker = tmp_path / "started"
-    driver = {**standins(gpus=[]), "BUILDLIB_RAY": addr, "STANDIN_TRTLLM_LOG": node_env["STANDIN_TRTLLM_LOG"],
-              # the worker's builder blocks after rank 0 (the hook comes to the node through the task's env)
-              "BUILDLIB_RAY_RUNTIME_ENV": json.dumps({"env_vars": {"STANDIN_TRTLLM_STARTED_FIFO": str(marker)}})}
+    # the worker's builder blocks after rank 0 (the hook comes to the node through the job's env)
+    driver = node_env = job(cluster, standins, tmp_path, STANDIN_TRTLLM_STARTED_FIFO=str(marker))
     os.mkfifo(marker)
     proc = subprocess.Popen([sys.executable, "-m", "doit"], cwd=root, env=driver, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
