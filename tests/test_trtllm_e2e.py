@@ -33,18 +33,35 @@ LLAMA_SM90 = {"llama/sm90/tp1-pp1", "llama/sm90/tp2-pp1"}
 ALL_SM90 = LLAMA_SM90 | {"mistral/sm90/tp1-pp1"}
 
 
-@pytest.fixture
-def project(tmp_path: Path, standins) -> tuple[Path, dict[str, str]]:
-    root = tmp_path / "repo"
+@pytest.fixture(scope="module")
+def _built(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """The fleet built once for this module (stand-in TensorRT-LLM on two stand-in H100s)."""
+    from tests.conftest import H100
+    from tests.standins import standin_env
+
+    base = tmp_path_factory.mktemp("built")
+    root = base / "repo"
     root.mkdir()
     write_hf_checkpoint(root / "ckpt/llama", shards=4, seed=1)
     write_hf_checkpoint(root / "ckpt/mistral", shards=2, seed=2, arch="MistralForCausalLM")
     (root / "models.yaml").write_text(MODELS)
     (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
-    env = standins()
+    env = {**standin_env(base / "standins", gpus=[H100, H100]), "STANDIN_TRTLLM_LOG": str(base / "trtllm-build.log")}
     r = doit(root, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     return root, env
+
+
+@pytest.fixture
+def project(tmp_path: Path, _built) -> tuple[Path, dict[str, str]]:
+    """Each test's own copy of the built fleet (engines, converted checkpoints, stat cache, doit db) and of
+    the stand-in build log: a copied tree is judged by its manifests like any other."""
+    built, env = _built
+    root = tmp_path / "repo"
+    shutil.copytree(built, root, symlinks=True)
+    log = tmp_path / "trtllm-build.log"
+    shutil.copy(env["STANDIN_TRTLLM_LOG"], log)
+    return root, {**env, "STANDIN_TRTLLM_LOG": str(log)}
 
 
 def _converted(root: Path) -> list[Path]:
