@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,18 +38,43 @@ def models_yaml(names: list[str], crashy_batch: int = 8) -> str:
     return out
 
 
-@pytest.fixture
-def fleet(tmp_path: Path, standins) -> tuple[Path, dict[str, str]]:
-    """14 engines: 6 models × tp1/tp2 on sm90 (checkpoints of different sizes: different expected
-    costs) plus m0 on sm80, which this 2×H100 host cannot build."""
-    root = tmp_path / "repo"
+def _write_fleet(root: Path) -> None:
     root.mkdir()
     for i, n in enumerate(MODELS):
         d = write_hf_checkpoint(root / "ckpt" / n, shards=1 + i % 3, seed=i)
         (d / "tokenizer.model").write_bytes(bytes([i]) * ((2, 3, 5, 7, 11, 13)[i] * 3 << 20))
     (root / "models.yaml").write_text(models_yaml(MODELS))
     (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
-    return root, standins()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, standins) -> tuple[Path, dict[str, str]]:
+    """14 engines: 6 models × tp1/tp2 on sm90 (checkpoints of different sizes: different expected
+    costs) plus m0 on sm80, which this 2×H100 host cannot build."""
+    _write_fleet(tmp_path / "repo")
+    return tmp_path / "repo", standins()
+
+
+@pytest.fixture(scope="module")
+def _fleet_built(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """The fleet, built once for this module by `doit -n 4 -P process`."""
+    from tests.conftest import H100
+    from tests.standins import standin_env
+
+    base = tmp_path_factory.mktemp("ci-built")
+    _write_fleet(base / "repo")
+    env = {**standin_env(base / "standins", gpus=[H100, H100]), "STANDIN_TRTLLM_LOG": str(base / "trtllm-build.log")}
+    _ok(doit(base / "repo", "-n", "4", "-P", "process", env=env))
+    return base / "repo", env
+
+
+@pytest.fixture
+def built_fleet(tmp_path: Path, _fleet_built) -> tuple[Path, dict[str, str]]:
+    """Each test's own copy of the built fleet and of its build log."""
+    built, env = _fleet_built
+    shutil.copytree(built, tmp_path / "repo", symlinks=True)
+    shutil.copy(env["STANDIN_TRTLLM_LOG"], tmp_path / "trtllm-build.log")
+    return tmp_path / "repo", {**env, "STANDIN_TRTLLM_LOG": str(tmp_path / "trtllm-build.log")}
 
 
 def _ok(r) -> str:
@@ -119,9 +145,8 @@ def test_markdown_summary(fleet, tmp_path: Path):
     assert text.count("\n| `") == 14
 
 
-def test_junit_and_markdown_report_with_a_failed_build(fleet, tmp_path: Path):
-    root, env = fleet
-    _ok(doit(root, "-n", "4", "-P", "process", env=env))
+def test_junit_and_markdown_report_with_a_failed_build(built_fleet, tmp_path: Path):
+    root, env = built_fleet
     (root / "models.yaml").write_text(models_yaml(MODELS, crashy_batch=16))  # crashy's 2 engines go stale
     crash = {**env, "STANDIN_TRTLLM_CRASH_AFTER_RANK": "1"}  # kills tp2 builds after rank 1; tp1 ones pass
     r = doit(root, "--continue", env=crash)
@@ -150,9 +175,8 @@ def test_junit_and_markdown_report_with_a_failed_build(fleet, tmp_path: Path):
     assert text.index("crashy/sm90/tp2-pp1") < text.index("m1/sm90/tp1-pp1")  # failures first
 
 
-def test_gc_lists_then_removes_unreferenced_engines_and_checkpoints(fleet):
-    root, env = fleet
-    _ok(doit(root, "-n", "4", "-P", "process", env=env))
+def test_gc_lists_then_removes_unreferenced_engines_and_checkpoints(built_fleet):
+    root, env = built_fleet
     converted = {p.name for p in (root / ".buildlib/checkpoints").iterdir() if not p.name.startswith(".")}
     assert len(converted) == 12
     (root / "models.yaml").write_text(models_yaml([n for n in MODELS if n != "m4"]))
