@@ -72,6 +72,15 @@ def wait_started(proc: subprocess.Popen, fifo: Path) -> None:
         pytest.fail(f"the driver exited ({proc.returncode}) before the build started:\n{out}{err}")
 
 
+def one_engine_repo(root: Path, seed: int, top: str = "") -> Path:
+    """A repo with one llama checkpoint and one sm90 engine (`top`: lines before `defaults:`, e.g. a store)."""
+    write_hf_checkpoint(root / "ckpt/llama", shards=1, seed=seed)
+    (root / "models.yaml").write_text(top + "defaults: {backend: trtllm, build: {max_batch_size: 8}}\n"
+                                      "models:\n  - {name: llama, checkpoint: ckpt/llama, archs: [sm90]}\n")
+    (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
+    return root
+
+
 def standin_env_for(root: Path, gpus: list[dict]) -> dict[str, str]:
     from tests.standins import standin_env
 
@@ -118,10 +127,7 @@ def test_workers_without_the_drivers_engines_dir_send_engines_back_through_the_s
     root = tmp_path / "repo"
     store = tmp_path / "store"
     store.mkdir()
-    write_hf_checkpoint(root / "ckpt/llama", shards=1, seed=5)
-    (root / "models.yaml").write_text(f"store: {store}\ndefaults: {{backend: trtllm, build: {{max_batch_size: 8}}}}\n"
-                                      "models:\n  - {name: llama, checkpoint: ckpt/llama, archs: [sm90]}\n")
-    (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
+    one_engine_repo(root, seed=5, top=f"store: {store}\n")
     driver = node_env = job(cluster, standins, tmp_path, {"working_dir": str(root)})
     r = doit(root, env=driver, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -140,10 +146,7 @@ def test_workers_without_the_drivers_engines_dir_send_engines_back_through_the_s
 
 def test_a_failing_build_is_reported_with_its_log_and_not_retried(tmp_path, cluster, standins):
     root = tmp_path / "repo"
-    write_hf_checkpoint(root / "ckpt/llama", shards=1, seed=6)
-    (root / "models.yaml").write_text("defaults: {backend: trtllm, build: {max_batch_size: 8}}\n"
-                                      "models:\n  - {name: llama, checkpoint: ckpt/llama, archs: [sm90]}\n")
-    (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
+    one_engine_repo(root, seed=6)
     # the builder kills itself after rank 0, on the node (the hook reaches it through the job's env)
     driver = node_env = job(cluster, standins, tmp_path, STANDIN_TRTLLM_CRASH_AFTER_RANK="0")
     r = doit(root, env=driver, timeout=600)
@@ -157,10 +160,7 @@ def test_a_failing_build_is_reported_with_its_log_and_not_retried(tmp_path, clus
 
 def test_ctrl_c_on_the_driver_cancels_the_ray_tasks(tmp_path, cluster, standins):
     root = tmp_path / "repo"
-    write_hf_checkpoint(root / "ckpt/llama", shards=1, seed=3)
-    (root / "models.yaml").write_text("defaults: {backend: trtllm, build: {max_batch_size: 8}}\n"
-                                      "models:\n  - {name: llama, checkpoint: ckpt/llama, archs: [sm90]}\n")
-    (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
+    one_engine_repo(root, seed=3)
     marker = tmp_path / "started"
     # the worker's builder blocks after rank 0 (the hook comes to the node through the job's env)
     driver = node_env = job(cluster, standins, tmp_path, STANDIN_TRTLLM_STARTED_FIFO=str(marker))
@@ -197,10 +197,7 @@ def test_a_node_killed_mid_build_has_its_build_retried_on_another_node(tmp_path,
     spare = {**standin_env_for(tmp_path / "sb", [H100]), "STANDIN_TRTLLM_LOG": log}
     tags = [temp, temp + "-doomed", temp + "-spare"]
     root = tmp_path / "repo"
-    write_hf_checkpoint(root / "ckpt/llama", shards=1, seed=4)
-    (root / "models.yaml").write_text("defaults: {backend: trtllm, build: {max_batch_size: 8}}\n"
-                                      "models:\n  - {name: llama, checkpoint: ckpt/llama, archs: [sm90]}\n")
-    (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
+    one_engine_repo(root, seed=4)
     driver = {**standins(gpus=[]), "BUILDLIB_RAY": f"127.0.0.1:{port}", "STANDIN_TRTLLM_LOG": log}
     try:
         start_node(standins(gpus=[]), tags[0], "--head", "--port", str(port), "--temp-dir", temp,
