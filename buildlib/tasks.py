@@ -209,16 +209,21 @@ def _serves(planner: Planner) -> bool:
                                                                        for m in planner.spec.models)
 
 
+def _on_cpu(engine: Engine) -> bool:
+    """A CPU engine (`cpu` or a named ISA such as x86_64-avx2): one of the `cpu` group."""
+    return not GPU_ARCH_RE.fullmatch(engine.arch)
+
+
 def group_names(planner: Planner) -> list[str]:
     """The group tasks task_dicts yields, in order: `engines`, `convert` (when a backend converts), `build`,
-    `validate`, each model, `cpu` (the engines of a `cpu` arch, whatever this host's ISA is named), each arch.
+    `validate`, each model, `cpu` (the CPU engines, whatever this host's ISA is named), each arch.
     Every one exists even if empty: `doit sm90` works when every sm90 engine is left out."""
     models = planner.spec.models
     converts = any(get_backend(m.backend).has_convert for m in models)
     serves = _serves(planner)
     return list(dict.fromkeys(["engines", *(["convert"] if converts else []), "build", "validate",
                                *(["triton"] if serves else []),
-                               *(m.name for m in models), *(["cpu"] if any("cpu" in m.archs for m in models) else []),
+                               *(m.name for m in models), *(["cpu"] if any(map(_on_cpu, planner.engines())) else []),
                                *(e.arch for e in planner.engines())]))
 
 
@@ -319,7 +324,7 @@ def task_dicts(planner: Planner, left_out: LeftOut | None = None) -> Iterator[di
         groups["build"].append(bname)
         groups[model.name].append(final)
         groups[engine.arch].append(final)
-        if not GPU_ARCH_RE.fullmatch(engine.arch):
+        if _on_cpu(engine):
             groups["cpu"].append(final)
         groups["engines"].append(final)
     for name, deps in groups.items():

@@ -109,3 +109,13 @@ def test_bad_paths_yaml_and_globs_say_what_is_wrong(tmp_path, standins):
     assert r.returncode == 0 and r.stdout.splitlines()[-1] == "1 engine: 1 missing", r.stdout
     r = doit(tmp_path, "plan", "lama/*", env=standins())
     assert r.returncode == 2 and r.stderr.startswith("error: no engine matches 'lama/*'"), r.stderr
+
+
+def test_a_named_cpu_isa_is_in_the_cpu_group_too(tmp_path, standins):
+    (tmp_path / "pyproject.toml").write_text(LOADER_PYPROJECT)
+    (tmp_path / "models.yaml").write_text("defaults: {backend: aoti, dtype: float32}\nmodels:\n"
+                                          "  - {name: tiny, checkpoint: {generate: tinyllama, seed: 0}, "
+                                          "archs: [x86_64-avx2]}\n")
+    r = doit(tmp_path, "list", env=standins(gpus=[]))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert {"cpu", "x86_64-avx2", "build:tiny/x86_64-avx2/tp1-pp1"} <= set(r.stdout.split())
