@@ -135,20 +135,29 @@ def check_overrides(templates: Path, overrides: dict[str, Any], what: str) -> No
         raise BuildFailed(f"{what}: `triton:` sets {', '.join(hints)}, which no config.pbtxt of {templates} has")
 
 
+def _wanted(planner: Planner, engine: Engine) -> tuple[str, dict[str, str], str]:
+    """The engine's key, the values and the repository key that this engine, the templates and models.yaml call
+    for; BuildFailed (or OSError/ValueError for an unreadable config.json) where they cannot be had."""
+    project = planner.spec.project
+    assert project.triton_templates is not None
+    st = planner.state(engine)
+    if st.state != FRESH or st.key is None:
+        raise BuildFailed(f"triton:{engine.id}: engine is {st.state} ({'; '.join(st.reasons)}); build it first")
+    engine_dir = engine.dir(project)
+    config = json.loads((engine_dir / "config.json").read_text())
+    vals = values(engine, engine_dir, checkpoint_dir(planner.spec, engine.model), config, dict(engine.model.triton))
+    # the templates' digest through the stat cache: a fleet's checks re-read none of them
+    digest = tree_digest(project.triton_templates, planner.cache).digest
+    return st.key, vals, key_of({"engine": st.key, "templates": digest, "values": vals, "recipe": RECIPE})
+
+
 def make_repository(planner: Planner, engine: Engine) -> Path:
     """Write the model repository of a fresh engine into <triton_dir>/<model>/<arch>/tp<N>-pp<M>, atomically."""
     project, what = planner.spec.project, f"triton:{engine.id}"
     assert project.triton_templates is not None and project.triton_dir is not None
-    st = planner.state(engine)
-    if st.state != FRESH or st.key is None:
-        raise BuildFailed(f"{what}: engine is {st.state} ({'; '.join(st.reasons)}); build it first")
-    engine_dir = engine.dir(project)
-    overrides = dict(engine.model.triton)
-    check_overrides(project.triton_templates, overrides, what)
-    config = json.loads((engine_dir / "config.json").read_text())
-    vals = values(engine, engine_dir, checkpoint_dir(planner.spec, engine.model), config, overrides)
+    check_overrides(project.triton_templates, dict(engine.model.triton), what)
+    engine_key, vals, want = _wanted(planner, engine)
     dest = repository_dir(project, engine)
-    want = key(st.key, project.triton_templates, vals)
     claim(project.triton_dir)
     with locked(dest):
         if stamped_key(dest) == want:
@@ -157,7 +166,8 @@ def make_repository(planner: Planner, engine: Engine) -> Path:
         tmp = temp_dir_for(dest)
         try:
             fill(project.triton_templates, tmp, vals, what)
-            write_json_durably(tmp / STAMP, {"key": want, "engine": engine.id, "engine_key": st.key, "values": vals})
+            write_json_durably(tmp / STAMP, {"key": want, "engine": engine.id, "engine_key": engine_key,
+                                             "values": vals})
             publish(tmp, dest)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -173,23 +183,13 @@ def repository_dir(project: Project, engine: Engine) -> Path:
 def fresh(planner: Planner, engine: Engine) -> bool:
     """The repository exists and was filled from this engine, these templates and these values."""
     project = planner.spec.project
-    st = planner.state(engine)
-    dest = repository_dir(project, engine)
-    stamp = stamped_key(dest)
-    if st.state != FRESH or st.key is None or stamp is None or project.triton_templates is None:
+    stamp = stamped_key(repository_dir(project, engine))
+    if stamp is None or project.triton_templates is None:
         return False
     try:
-        config = json.loads((engine.dir(project) / "config.json").read_text())
-        vals = values(engine, engine.dir(project), checkpoint_dir(planner.spec, engine.model), config,
-                      dict(engine.model.triton))
+        return stamp == _wanted(planner, engine)[2]
     except (OSError, ValueError, BuildFailed):
         return False  # the task says why
-    return stamp == key(st.key, project.triton_templates, vals)
-
-
-def key(engine_key: str, templates: Path, vals: dict[str, str]) -> str:
-    return key_of({"engine": engine_key, "templates": tree_digest(templates).digest, "values": vals,
-                   "recipe": RECIPE})
 
 
 def stamped_key(repo: Path) -> str | None:
