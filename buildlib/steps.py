@@ -159,12 +159,12 @@ def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None,
         if st.state == FRESH:
             return Outcome(FRESH, None, "up to date")
         store = planner.store
-        with progress.step(planner.spec.project.work_dir, f"build:{engine.id}", "restore"):
-            restored = bool(store is not None and st.key and _restore(planner, store, st.key, st.fields or {}, dest))
-        if restored:
-            assert store is not None
-            say(f"restored {engine.id} from {store.url}")
-            return Outcome(FRESH, None, "restored")
+        if store is not None and st.key:
+            with progress.step(planner.spec.project.work_dir, f"build:{engine.id}", "restore"):
+                restored = _restore(planner, store, st.key, st.fields or {}, dest)
+            if restored:
+                say(f"restored {engine.id} from {store.url}")
+                return Outcome(FRESH, None, "restored")
         if st.state == BLOCKED:
             say(f"{engine.id}: {st.reasons[0]}; not built here")
             return Outcome(BLOCKED, st.reasons[0], "blocked")
