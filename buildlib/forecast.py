@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import functools
 import heapq
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .backends import get_backend
 from .manifest import MANIFEST, read_manifest
 from .plan import BLOCKED, MISSING, STALE, EngineState, Planner
-from .sched import Estimate, engine_estimate
+from .sched import Estimate, build_record, engine_estimate
 from .spec import GPU_ARCH_RE
 
 
@@ -51,15 +52,11 @@ def _fleet_rate(planner: Planner) -> tuple[float, int] | None:
     model's builds to another's size."""
     rates = []
     for m in planner.spec.project.engines_dir.glob(f"*/*/*/{MANIFEST}"):
-        got = read_manifest(m.parent)
-        seconds = got.built.get("seconds") if got else None
-        size = sum(v[0] for v in got.checkpoint_files.values()) if got else 0
-        if isinstance(seconds, int | float) and seconds > 0 and size > 0:
-            rates.append(seconds * max(1, len(got.built.get("gpus") or ())) / size)  # type: ignore[union-attr]
-    if not rates:
-        return None
-    rates.sort()
-    return rates[len(rates) // 2], len(rates)
+        built, manifest = build_record(m.parent), read_manifest(m.parent)  # parsed once: the manifest cache
+        size = sum(v[0] for v in manifest.checkpoint_files.values()) if manifest else 0
+        if built is not None and size > 0:
+            rates.append(built[0] * built[1] / size)
+    return (statistics.median(rates), len(rates)) if rates else None
 
 
 def needs_build(planner: Planner, s: EngineState) -> bool:

@@ -46,7 +46,7 @@ class EngineReporter(ConsoleReporter):
         self.blocked: dict[str, list[str]] = {}  # why -> engines whose build task could not build them here
         self.tally: Counter[str] = Counter()
         self.lock = threading.Lock()
-        self.total = self.finished = 0
+        self.finished = 0
         self.expected: dict[str, float] = {}  # step task -> expected seconds, until it finishes
         self.monitor: Monitor | None = None
 
@@ -57,10 +57,9 @@ class EngineReporter(ConsoleReporter):
     def initialize(self, tasks: dict[str, Task], selected_tasks: list[str]) -> None:
         super().initialize(tasks, selected_tasks)
         steps = [t for t in tasks.values() if t.name.startswith(STEPS) and not _known_fresh(t)]
-        self.total = len(steps)
         self.expected = {t.name: float((t.meta or {}).get("expected", 0.0)) for t in steps}
         mode = os.environ.get("BUILDLIB_PROGRESS") or ("live" if _isatty(self.outstream) else "plain")
-        if self.work_dir is not None and self.total and mode in ("live", "plain"):
+        if self.work_dir is not None and self.expected and mode in ("live", "plain"):
             self.monitor = Monitor(self, self.work_dir, live=mode == "live")
             self.monitor.start()
 
@@ -177,7 +176,7 @@ class Monitor(threading.Thread):
     def overall(self, now: float, runs: list[Running]) -> str:
         rep = self.reporter
         left = sum(rep.expected.values()) - sum(min(now - r.started, r.expected) for r in runs)
-        return (f"{rep.finished}/{rep.total} steps done, {len(runs)} running"
+        return (f"{rep.finished}/{rep.finished + len(rep.expected)} steps done, {len(runs)} running"
                 + (f", about {clock(left / max(1, len(runs)))} left" if left > 0 else ""))
 
     def table(self, runs: list[Running]) -> Any:

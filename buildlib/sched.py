@@ -9,6 +9,7 @@ import fcntl
 import math
 import os
 import select
+import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -363,7 +364,8 @@ def describe(gpus: Sequence[Gpu]) -> str:
 
 
 # -- expected durations, for longest-first ordering ---------------------------------------------
-def _built(engine_dir: Path) -> tuple[float, int] | None:
+def build_record(engine_dir: Path) -> tuple[float, int] | None:
+    """(seconds, GPUs) of the build the engine dir's manifest records, or None (no manifest, no time)."""
     m = read_manifest(engine_dir)
     if m is None:
         return None
@@ -385,19 +387,17 @@ class Estimate:
 
 def recorded(engine_dir: Path, workers: int = 1) -> Estimate | None:
     """Sources 1 and 2 of estimate(), or None when no engine of the model was built yet."""
-    own = _built(engine_dir)
+    own = build_record(engine_dir)
     if own is not None:
         return Estimate(own[0], "this engine", 1)
     others = []
     for m in sorted(engine_dir.parent.parent.glob(f"*/*/{MANIFEST}")):
-        got = _built(m.parent) if m.parent != engine_dir else None
+        got = build_record(m.parent) if m.parent != engine_dir else None
         if got is not None:
             others.append(got[0] * got[1] / max(1, workers))
     if not others:
         return None
-    others.sort()
-    mid = len(others) // 2
-    return Estimate(others[mid] if len(others) % 2 else (others[mid - 1] + others[mid]) / 2, "its model", len(others))
+    return Estimate(statistics.median(others), "its model", len(others))
 
 
 def estimate(engine_dir: Path, workers: int = 1, checkpoint_bytes: int = 0, *,
