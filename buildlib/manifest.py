@@ -27,11 +27,13 @@ class Manifest:
     checkpoint_files: dict[str, list] = field(default_factory=dict)  # relpath -> [size, xxh3-128]
     name: str = ""
     built: dict[str, Any] = field(default_factory=dict)
+    structure: dict[str, Any] = field(default_factory=dict)  # buildlib.structure.structure_record (empty: unknown)
     stat: os.stat_result | None = field(default=None, compare=False)  # of the file it was read from
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "name": self.name, "key": self.key, "fields": self.fields,
-                "checkpoint_files": self.checkpoint_files, "outputs": self.outputs, "built": self.built}
+                "checkpoint_files": self.checkpoint_files, "outputs": self.outputs, "built": self.built,
+                **({"structure": self.structure} if self.structure else {})}
 
 
 # Parsed manifests by (path, dev, inode, size, mtime_ns, ctime_ns): a no-op reads each engine's manifest once
@@ -61,7 +63,7 @@ def read_manifest(engine_dir: Path) -> Manifest | None:
             return None
         return Manifest(key=data["key"], fields=data["fields"], outputs=data["outputs"],
                         checkpoint_files=data.get("checkpoint_files", {}), name=data.get("name", ""),
-                        built=data.get("built", {}), stat=st)
+                        built=data.get("built", {}), structure=data.get("structure") or {}, stat=st)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 

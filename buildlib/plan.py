@@ -29,6 +29,7 @@ from .spec import GPU_ARCH_RE, GeneratedCheckpoint, ModelSpec, Spec
 from .statcache import Stamp, StatCache, settled, signature, stats_of
 from .states import BLOCKED, FRESH, MISSING, STALE, UNVALIDATED
 from .store import Store, configured_store
+from .structure import CheckpointStructure, checkpoint_structure, recorded_key, structure_key, structure_reasons
 
 
 @dataclass
@@ -41,6 +42,8 @@ class EngineState:
     blocked: str | None = None  # why this host cannot build it, even if it is stale
     store: bool | None = None  # whether the shared store has this key (None: no store configured)
     validated: bool = False  # fresh, and validation.json vouches for this key
+    refit_of: str | None = None  # stale in its weights only: the key of the refittable engine here to refit
+    refit_store: str | None = None  # no refit source here: the key of a same-structure engine in the store
 
 
 def generated_dir(spec: Spec, ckpt: GeneratedCheckpoint) -> Path:
@@ -85,6 +88,7 @@ class Planner:
         self._new_stamps: dict[str, Stamp] = {}
         self._archs: dict[ModelSpec, str | None] = {}
         self._input_digests: dict[ModelSpec, dict[str, str]] = {}
+        self._structures: dict[Path, CheckpointStructure] = {}
 
     @property
     def host(self) -> Host:
@@ -132,6 +136,21 @@ class Planner:
 
     def forget_checkpoint(self, model: ModelSpec) -> None:
         self._digests.pop(checkpoint_dir(self.spec, model), None)
+        self._structures.pop(checkpoint_dir(self.spec, model), None)
+
+    def structure(self, model: ModelSpec) -> CheckpointStructure | None:
+        """The checkpoint's structure (buildlib.structure): read for a build or a stale engine, never on a no-op."""
+        ckpt = self.checkpoint(model)
+        if ckpt is None:
+            return None
+        d = checkpoint_dir(self.spec, model)
+        if d not in self._structures:
+            self._structures[d] = checkpoint_structure(d, ckpt.files)
+        return self._structures[d]
+
+    def structure_key(self, engine: Engine, fields: dict[str, Any]) -> str | None:
+        ckpt = self.structure(engine.model)
+        return structure_key(fields, ckpt.digest) if ckpt is not None else None
 
     def toolchain(self, backend: Backend) -> dict[str, str | None]:
         if backend.name not in self._toolchains:
@@ -160,6 +179,8 @@ class Planner:
         backend = get_backend(engine.model.backend)
         fields = {**base, "build": self._engine_build(backend, engine),
                   "target": {"arch": engine.arch, "gpu": engine.model.gpu_name}}
+        if engine.model.refit:  # built refittable (absent otherwise, so keys without refit stay as they were)
+            fields["refit"] = True
         inputs = self._inputs(backend, engine.model)
         if inputs:
             fields["inputs"] = inputs
@@ -218,10 +239,11 @@ class Planner:
             return EngineState(engine, FRESH, [], key, fields, validated=stamp.validated)
         edir = Path(base)
         m = read_manifest(edir)
+        refit_of = None
         if m is None:
             state, reasons = MISSING, [f"target {engine.arch} not built yet"]
         else:
-            reasons = self.reasons(m, key, fields, engine)
+            reasons, refit_of = self.reasons(m, key, fields, engine)
             if not reasons:
                 names = (VALIDATION, *m.outputs)
                 stats = [m.stat, *stats_of(base, names)]  # taken before the contents are checked
@@ -235,8 +257,8 @@ class Planner:
             state = STALE
         blocked = backend.blocked_reason(engine, self.host)
         if blocked:
-            return EngineState(engine, BLOCKED, [blocked, *reasons], key, fields, blocked)
-        return EngineState(engine, state, reasons, key, fields, blocked)
+            return EngineState(engine, BLOCKED, [blocked, *reasons], key, fields, blocked, refit_of=refit_of)
+        return EngineState(engine, state, reasons, key, fields, blocked, refit_of=refit_of)
 
     @property
     def stamps(self) -> dict[str, Stamp]:
@@ -257,14 +279,28 @@ class Planner:
             self._new_stamps = {}
         return out
 
-    def reasons(self, m: Manifest, key: str, fields: dict[str, Any], engine: Engine) -> list[str]:
+    def reasons(self, m: Manifest, key: str, fields: dict[str, Any], engine: Engine) -> tuple[list[str], str | None]:
+        """Why the engine built as `m` is not the one wanted (per field), and, when only its weights changed
+        and it was built refittable, the key to refit it from (`weights only: refit`)."""
         if m.key == key:
-            return []
-        reasons: list[str] = []
+            return [], None
+        others = diff_fields(m.fields, fields, skip=("checkpoint",))
         ckpt = self.checkpoint(engine.model)
-        if ckpt is not None and m.fields.get("checkpoint") != ckpt.digest:
-            reasons = checkpoint_reasons(m.checkpoint_files, ckpt.files) or ["checkpoint changed"]
-        return reasons + diff_fields(m.fields, fields, skip=("checkpoint",)) or ["key changed"]
+        if ckpt is None or m.fields.get("checkpoint") == ckpt.digest:
+            return others or ["key changed"], None
+        files = checkpoint_reasons(m.checkpoint_files, ckpt.files) or ["checkpoint changed"]
+        if others:
+            return files + others, None
+        old = recorded_key(m.fields, m.structure) if m.structure else None
+        if old is None:  # built before structures were recorded: cannot tell weights from structure
+            return files, None
+        new = self.structure(engine.model)
+        assert new is not None
+        if old != structure_key(fields, new.digest):
+            return structure_reasons(m.structure, new), None
+        if engine.model.refit:
+            return ["weights only: refit"], m.key
+        return [f"{r} (weights only)" for r in files], None
 
     def plan(self, with_store: bool = True) -> list[EngineState]:
         """Every engine's state; with_store also asks the store, for each engine that is not
@@ -278,7 +314,19 @@ class Planner:
             with ThreadPoolExecutor(16) as pool:
                 for s, hit in zip(ask, pool.map(lambda s: store.has(s.key), ask), strict=True):
                     s.store = hit
+                refit = [s for s in ask if not s.store and s.refit_of is None and s.engine.model.refit and s.fields]
+                for s, found in zip(refit, pool.map(self.store_refit_source, refit), strict=True):
+                    s.refit_store = found
         return states
+
+    def store_refit_source(self, s: EngineState) -> str | None:
+        """The key of an engine in the store with this one's structure (so it can be refitted from there)."""
+        store = self.store
+        skey = self.structure_key(s.engine, s.fields) if s.fields and store is not None else None
+        if skey is None or store is None:
+            return None
+        found = store.by_structure(skey)
+        return found if found != s.key else None
 
 
 def shown(planner: Planner, states: list[EngineState]) -> list[EngineState]:

@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from .progress import Running
     from .tasks import LeftOut
 
-# The tally's words, in its order: `3 built, 1 restored, 2 validated, 1 failed, 500 up to date, 500 not for this host`
-TALLY = ("built", "restored", "validated", "failed", "up to date", "not for this host")
+# The tally's words, in its order: `3 built, 2 refitted, 1 restored, 2 validated, 1 failed, 500 up to date, ...`
+TALLY = ("built", "refitted", "restored", "validated", "failed", "up to date", "not for this host")
 STEPS = ("checkpoint:", "convert:", "build:", "validate:", "triton:")
 
 
@@ -76,7 +76,7 @@ class EngineReporter(ConsoleReporter):
             if task.values.get("state") == BLOCKED:
                 why = task.values.get("why") or "see `doit plan` for why"
                 self.blocked.setdefault(why, []).append(task.name.removeprefix("build:"))
-            elif how in ("built", "restored", "up to date"):
+            elif how in ("built", "refitted", "restored", "up to date"):
                 self.tally[how] += 1
         elif task.name.startswith("validate:") and task.values.get("state") not in (None, BLOCKED):
             self.tally["validated"] += 1
@@ -110,7 +110,7 @@ class EngineReporter(ConsoleReporter):
         tally["up to date"] += len(left.done) if left else 0
         tally["not for this host"] += sum(len(ids) for ids in not_built.values())
         words = ", ".join(f"{tally[k]} {k}" for k in TALLY if tally[k])
-        idle = not any(tally[k] for k in TALLY[:4])
+        idle = not any(tally[k] for k in TALLY if k not in ("up to date", "not for this host"))
         self.write(("nothing to do: " + (words or "no engines") if idle else words) + "\n")
         super().complete_run()
 

@@ -64,6 +64,8 @@ def _model_properties() -> dict[str, Any]:
         "validate": {"type": "boolean"},
         "model_class": NULLABLE_STR,
         "trust_remote_code": {"type": "boolean"},
+        "refit": {"type": "boolean", "description": "build engines refittable; a weights-only checkpoint change is "
+                  "then refitted instead of rebuilt"},
         "triton": {"type": ["object", "null"], "additionalProperties": {"type": ["string", "number", "boolean"]},
                    "description": "values for the Triton config.pbtxt placeholders (buildlib.triton)"},
     }

@@ -52,7 +52,7 @@ TINYLLAMA_DEFAULTS = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_
 
 TOP_KEYS = {"defaults", "models", "engines_dir", "work_dir", "store", "triton_templates", "triton_dir"}
 MODEL_KEYS = {"backend", "dtype", "quantization", "archs", "parallel", "build", "gpu_name",
-              "max_workers", "validate", "model_class", "trust_remote_code", "triton"}
+              "max_workers", "validate", "model_class", "trust_remote_code", "triton", "refit"}
 NAMED_KEYS = {"name", "checkpoint"}
 
 
@@ -87,6 +87,7 @@ class ModelSpec:
     line: int | None = None
     trust_remote_code: bool = False  # allow checkpoints with custom code (auto_map) or pickle weights
     triton: tuple[tuple[str, str | int | float | bool], ...] = ()  # Triton config.pbtxt values (buildlib.triton)
+    refit: bool = False  # engines built refittable; a weights-only checkpoint change is refitted (buildlib.refit)
 
     @property
     def build_options(self) -> dict[str, Any]:
@@ -305,6 +306,16 @@ def _model(doc: YamlDoc, root: Path, defaults: dict, entry: dict, where: tuple, 
         key = e.field or ""
         src = where if key in (entry.get("build") or {}) else ("defaults",)
         raise doc.error(src + ("build",) + ((key,) if key in build_raw else ()), e.message) from None
+    refit = m.get("refit", False)
+    if not isinstance(refit, bool):
+        raise doc.error(at("refit"), f"must be true or false; got {refit!r}")
+    if refit:
+        try:
+            build = backend.resolve_refit(build, build_raw)
+        except SpecError as e:
+            key = e.field or ""
+            src = where if key in (entry.get("build") or {}) else ("defaults",)
+            raise doc.error(src + ("build",) + ((key,) if key in build_raw else ()), e.message) from None
     quant = _quant(doc, at("quantization"), m.get("quantization"))
     gpu_name = m.get("gpu_name")
     if gpu_name is not None and (not isinstance(gpu_name, str) or not gpu_name.strip()):
@@ -335,7 +346,7 @@ def _model(doc: YamlDoc, root: Path, defaults: dict, entry: dict, where: tuple, 
         archs=tuple(archs), parallel=parallel, build=tuple(sorted(build.items())),
         gpu_name=gpu_name, max_workers=max_workers, validate=validate,
         model_class=model_class, line=doc.line(at("name")[:-1]), trust_remote_code=trust,
-        triton=tuple(sorted(triton.items())),
+        triton=tuple(sorted(triton.items())), refit=refit,
     )
     try:
         backend.check_model(spec)

@@ -24,6 +24,7 @@ from .key import canonical_json, key_of
 from .manifest import (
     VALIDATION,
     Manifest,
+    check_outputs,
     read_manifest,
     record_outputs,
     validation_record,
@@ -31,11 +32,12 @@ from .manifest import (
     write_json_durably,
     write_manifest,
 )
-from .plan import BLOCKED, FRESH, Planner, checkpoint_dir
+from .plan import BLOCKED, FRESH, EngineState, Planner, checkpoint_dir
 from .publish import clean_leftovers, failed_log, locked, publish, temp_dir_for
 from .sched import describe, gpu_slots
 from .spec import GeneratedCheckpoint, ModelSpec
 from .store import Store, StoreCorrupt, StoreError
+from .structure import recorded_key, structure_record
 
 
 def say(msg: str) -> None:
@@ -176,6 +178,10 @@ def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None,
             convert(planner, engine)
         elif converted is None:
             check_inputs(planner, engine.model)  # the backend reads the checkpoint itself
+        if engine.model.refit and st.refit_of is None and store is not None:
+            st.refit_store = planner.store_refit_source(st)
+        if (st.refit_of or st.refit_store) and _refit(planner, engine, st, converted, gpus, priority):
+            return Outcome(FRESH, None, "refitted")
         with _slots(planner, engine, backend.gpus_needed(engine), gpus, priority, f"build:{engine.id}") as held, \
                 progress.step(planner.spec.project.work_dir, f"build:{engine.id}", "build", [g.index for g in held],
                               priority):
@@ -191,19 +197,99 @@ def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None,
                     raise BuildFailed(f"build:{engine.id} produced an incomplete engine: missing {', '.join(missing)}")
 
             def finish(tmp: Path) -> None:
-                built = {"seconds": round(time.monotonic() - t0, 3), "gpus": [g.name for g in held],
-                         "gpu_indices": [g.index for g in held]}
-                log = tmp / "build.log"
-                if log.is_file():  # so a store entry's log can be verified like its outputs
-                    built["log"] = [log.stat().st_size, hash_file(log)]
-                write_manifest(tmp, Manifest(st.key, st.fields, record_outputs(tmp, planner.cache),
-                                             {r: list(v) for r, v in ckpt.files.items()}, engine.id, built))
+                _finish_engine(planner, engine, st, tmp, {
+                    "seconds": round(time.monotonic() - t0, 3), "gpus": [g.name for g in held],
+                    "gpu_indices": [g.index for g in held]})
 
             _produce(dest, f"build:{engine.id}", make, finish)
         say(f"built {engine.id} in {time.monotonic() - t0:.1f}s -> {dest}")
         if store is not None:
-            _push(store, st.key, dest, engine)
+            _push(store, st.key, dest, engine, planner.structure_key(engine, st.fields))
         return Outcome(FRESH, None, "built")
+
+
+def _finish_engine(planner: Planner, engine: Engine, st: EngineState, tmp: Path, built: dict[str, Any]) -> None:
+    """The manifest of a built or refitted engine, written last: key, fields, every output's digest, the
+    checkpoint files, the structure (buildlib.structure) and how it was made; build.log's digest with it."""
+    assert st.key and st.fields
+    ckpt, structure = planner.checkpoint(engine.model), planner.structure(engine.model)
+    assert ckpt is not None and structure is not None
+    log = tmp / "build.log"
+    if log.is_file():  # so a store entry's log can be verified like its outputs
+        built["log"] = [log.stat().st_size, hash_file(log)]
+    write_manifest(tmp, Manifest(st.key, st.fields, record_outputs(tmp, planner.cache),
+                                 {r: list(v) for r, v in ckpt.files.items()}, engine.id, built,
+                                 structure_record(st.fields, structure)))
+
+
+def _refit(planner: Planner, engine: Engine, st: EngineState, converted: Path | None, gpus: Sequence[Gpu] | None,
+           priority: float) -> bool:
+    """Produce the engine by refitting a refittable engine of the same structure (the one here, else the
+    store's) with the new weights: same temp dir, manifest and atomic publish as a build, and the manifest
+    says `refit of <old key>`. False, having said why, when the refit cannot be done: then it is built."""
+    backend = get_backend(engine.model.backend)
+    project = planner.spec.project
+    dest = engine.dir(project)
+    source_key = st.refit_of or st.refit_store
+    assert source_key is not None
+    where = "the engine here" if st.refit_of else f"{planner.store.url if planner.store else 'the store'}"
+    with _slots(planner, engine, backend.gpus_needed(engine), gpus, priority, f"build:{engine.id}") as held, \
+            progress.step(project.work_dir, f"build:{engine.id}", "refit", [g.index for g in held], priority):
+        say(f"refitting {engine.id} (weights only) from {where}, key {source_key}"
+            + (f" on {describe(held)}" if held else ""))
+        t0 = time.monotonic()
+
+        def make(tmp: Path) -> None:
+            job = Job(engine, checkpoint_dir(planner.spec, engine.model), converted, tmp, held, tmp / "build.log",
+                      project.work_dir, project.root)
+            if st.refit_of:
+                _check_source(planner, dest, source_key)
+                backend.refit(job, dest)
+            else:
+                src = temp_dir_for(dest)  # made after _produce cleaned leftovers; a killed run's copy is cleaned next
+                try:
+                    _pull_source(planner, engine, st, source_key, src)
+                    backend.refit(job, src)
+                finally:
+                    shutil.rmtree(src, ignore_errors=True)
+            missing = backend.check_complete(engine, tmp)
+            if missing:
+                raise BuildFailed(f"refit:{engine.id} produced an incomplete engine: missing {', '.join(missing)}")
+
+        def finish(tmp: Path) -> None:
+            _finish_engine(planner, engine, st, tmp, {
+                "how": "refit", "refit_of": source_key, "seconds": round(time.monotonic() - t0, 3),
+                "gpus": [g.name for g in held], "gpu_indices": [g.index for g in held]})
+
+        try:
+            _produce(dest, f"refit:{engine.id}", make, finish)
+        except (BuildFailed, StoreError, StoreCorrupt) as e:
+            say(f"refit of {engine.id} failed ({str(e).splitlines()[0]}); building it instead")
+            return False
+    say(f"refitted {engine.id} in {time.monotonic() - t0:.1f}s (refit of {source_key}) -> {dest}")
+    if planner.store is not None:
+        _push(planner.store, st.key, dest, engine, planner.structure_key(engine, st.fields))
+    return True
+
+
+def _check_source(planner: Planner, dest: Path, key: str) -> None:
+    """The engine here is the one the plan named, with every output intact (a damaged one is not refitted)."""
+    m = read_manifest(dest)
+    if m is None or m.key != key:
+        raise BuildFailed(f"the engine in {dest} changed since it was planned (its key is no longer {key})")
+    damaged = check_outputs(dest, m, planner.cache)
+    if damaged:
+        raise BuildFailed(f"the engine in {dest} is damaged ({'; '.join(damaged)})")
+
+
+def _pull_source(planner: Planner, engine: Engine, st: EngineState, key: str, into: Path) -> None:
+    """Pull the store's same-structure engine (every file verified) and check that its recorded structure is
+    this engine's."""
+    store = planner.store
+    assert store is not None and st.fields is not None
+    m = store.pull(key, into)
+    if recorded_key(m.fields, m.structure) != planner.structure_key(engine, st.fields):
+        raise StoreCorrupt(f"{store.url}/{key}: its structure is not that of {engine.id}")
 
 
 def _restore(planner: Planner, store: Store, key: str, fields: dict[str, Any], dest: Path) -> bool:
@@ -234,9 +320,12 @@ def _restore(planner: Planner, store: Store, key: str, fields: dict[str, Any], d
     return True
 
 
-def _push(store: Store, key: str, dest: Path, engine: Engine) -> None:
+def _push(store: Store, key: str, dest: Path, engine: Engine, structure: str | None) -> None:
+    """Push the engine; note its structure key, so hosts whose checkpoint differs in weights only can refit it."""
     try:
         pushed = store.push(key, dest)
+        if structure is not None and engine.model.refit:
+            store.note_structure(structure, key)
     except StoreError as e:
         say(f"could not push {engine.id} to {store.url}: {e}")
         return

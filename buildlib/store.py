@@ -60,6 +60,7 @@ MiB = 1 << 20
 # xxh3 and write() touch it (1, 4 and 8 MiB measured within noise of each other).
 COPY_BUF = 1 * MiB
 _KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+STRUCTURE_NOTES = ".structure"  # <store>/.structure/<structure key>: the key of an entry with that structure
 
 # Called after each file is stored (push) or restored (pull) with (relpath, size):
 # progress reporting, and the hook tests use to kill a push half-way.
@@ -104,6 +105,25 @@ class Store(ABC):
     @abstractmethod
     def entry_names(self, key: str) -> list[str]:
         """Every file an entry holds (relpaths), whether or not its manifest lists it (for `doit verify`)."""
+
+    @abstractmethod
+    def _get_note(self, name: str) -> bytes | None:
+        """A small named note beside the entries (`.structure/<key>`), or None."""
+
+    @abstractmethod
+    def _put_note(self, name: str, data: bytes) -> None:
+        """Write a note whole (a reader sees the old one or the new one)."""
+
+    def note_structure(self, structure: str, key: str) -> None:
+        """Remember that entry `key` has this structure key (buildlib.structure), so a host whose checkpoint
+        differs from it in weights only can refit it instead of building. The last push of a structure wins."""
+        self._put_note(f"{STRUCTURE_NOTES}/{check_key(structure)}", key.encode())
+
+    def by_structure(self, structure: str) -> str | None:
+        """The key of a published entry with this structure key, if one was noted and is still there."""
+        data = self._get_note(f"{STRUCTURE_NOTES}/{check_key(structure)}")
+        key = data.decode("ascii", "replace").strip() if data else ""
+        return key if _KEY_RE.fullmatch(key) and self.has(key) else None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
@@ -344,6 +364,22 @@ class DirStore(Store):
         finally:
             shutil.rmtree(incoming, ignore_errors=True)
 
+    def _get_note(self, name: str) -> bytes | None:
+        try:
+            return (self.root / name).read_bytes()
+        except OSError:
+            return None
+
+    def _put_note(self, name: str, data: bytes) -> None:
+        path = self.root / name
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise StoreError(f"cannot write {path}: {e.strerror}") from None
+
     def keys(self) -> Iterator[str]:
         try:
             names = sorted(os.listdir(self.root))
@@ -468,6 +504,14 @@ class S3Store(Store):
             if self._code(e) in ("NoSuchKey", "404"):
                 return None
             raise
+
+    def _get_note(self, name: str) -> bytes | None:
+        with self._errors("reading a note"):
+            return self._get_small(f"{self.prefix}/{name}" if self.prefix else name)
+
+    def _put_note(self, name: str, data: bytes) -> None:
+        with self._errors("writing a note"):
+            self.client.put_object(Bucket=self.bucket, Key=f"{self.prefix}/{name}" if self.prefix else name, Body=data)
 
     def _ref(self, key: str) -> dict[str, Any] | None:
         data = self._get_small(self._base(key) + REF)

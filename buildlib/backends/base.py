@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..engine import Engine
+from ..errors import BuildFailed
 from ..gpu import Gpu, Host
 from ..spec import GPU_ARCH_RE, GeneratedCheckpoint, ModelSpec
 
@@ -82,6 +83,11 @@ class Backend(ABC):
         """JSON Schema of each `build:` option this backend takes, from the table resolve_build checks against
         (buildlib.schema puts them into the models.yaml schema)."""
 
+    def resolve_refit(self, build: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+        """The resolved `build:` options of a model with `refit: true` (given: what models.yaml set), so that its
+        engines are built refittable; raise SpecError(field=option) for an option that contradicts it."""
+        return build
+
     def check_model(self, model: ModelSpec) -> None:  # noqa: B027 - optional hook, most backends accept all
         """Reject models this backend cannot build (SpecError with field set)."""
 
@@ -144,6 +150,11 @@ class Backend(ABC):
     @abstractmethod
     def build(self, job: Job) -> None:
         """Write the engine files into job.out_dir; raise BuildFailed on failure."""
+
+    def refit(self, job: Job, source: Path) -> None:
+        """Write into job.out_dir the refittable engine in `source` with the weights of job's checkpoint (the
+        engine's structure is the same, buildlib.structure); raise BuildFailed when the toolchain refuses."""
+        raise BuildFailed(f"the {self.name} backend cannot refit engines")
 
     @abstractmethod
     def check_complete(self, engine: Engine, out_dir: Path) -> list[str]:

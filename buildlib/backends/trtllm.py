@@ -93,6 +93,14 @@ class TrtllmBackend(Backend):
     def build_schema(self) -> dict[str, Any]:
         return build_schema()
 
+    def resolve_refit(self, build: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+        """A refittable engine is built with --strip_plan (BuilderFlag.REFIT_INDIVIDUAL + STRIP_PLAN in 1.2.x's
+        Builder.create_builder_config), so the key records strip_plan: true."""
+        if given.get("strip_plan") is False:
+            raise SpecError("refit: true builds with --strip_plan (the refittable engine trtllm-refit needs); "
+                            "remove strip_plan: false, or set refit: false", field="strip_plan")
+        return {**build, "strip_plan": True}
+
     def check_model(self, model: ModelSpec) -> None:
         """What the real 1.2.x would refuse after GPU time is spent, refused while models.yaml is read."""
         for a in model.archs:
@@ -191,7 +199,11 @@ class TrtllmBackend(Backend):
         # Written beside the cache it replaces (the work dir), so the replace is a rename on one filesystem
         # wherever engines_dir lives; the name is this build's own, so concurrent builds never share it.
         out_cache = cache.with_name(f".{cache.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
-        argv = ["trtllm-build", "--checkpoint_dir", str(job.converted), "--output_dir", str(job.out_dir),
+        # --strip_plan writes a weight-stripped engine, unusable until refitted (examples/sample_weight_stripping):
+        # it is built beside the temp dir and refitted into it with the very checkpoint it was built from.
+        stripped = job.out_dir.with_name(job.out_dir.name + "-stripped") if e.model.build_options["strip_plan"] \
+            else None
+        argv = ["trtllm-build", "--checkpoint_dir", str(job.converted), "--output_dir", str(stripped or job.out_dir),
                 *to_argv(e.model.build_options, str(job.root)),
                 "--workers", str(max(1, min(e.world_size, len(job.gpus)))),
                 "--input_timing_cache", str(cache), "--output_timing_cache", str(out_cache),
@@ -200,8 +212,24 @@ class TrtllmBackend(Backend):
             run_logged(argv, job.log, f"build:{e.id}", env=job.visible_env(), cwd=job.work_dir)
             if out_cache.exists():
                 os.replace(out_cache, cache)  # whole-file replace: concurrent builds never mix caches
+            if stripped is not None:
+                self.refit(job, stripped)
         finally:
             out_cache.unlink(missing_ok=True)
+            if stripped is not None:
+                shutil.rmtree(stripped, ignore_errors=True)
+
+    def refit(self, job: Job, source: Path) -> None:
+        """`trtllm-refit --engine_dir SOURCE --checkpoint_dir CONVERTED --output_dir OUT` (1.2.x
+        tensorrt_llm/commands/refit.py): every rank's refittable weights replaced by the converted checkpoint's,
+        on a GPU of the engine's arch; no trtllm-build."""
+        e = job.engine
+        if not job.gpus:
+            raise BuildFailed(f"refit:{e.id} needs an {e.arch} GPU; none was given")
+        assert job.converted is not None
+        run_logged(["trtllm-refit", "--engine_dir", str(source), "--checkpoint_dir", str(job.converted),
+                    "--output_dir", str(job.out_dir), "--log_level", "info"],
+                   job.log, f"refit:{e.id}", env=job.visible_env(), cwd=job.work_dir)
 
     def check_complete(self, engine: Engine, out_dir: Path) -> list[str]:
         want = ["config.json", *(f"rank{r}.engine" for r in range(engine.world_size))]
