@@ -125,6 +125,8 @@ def render(s: EngineState) -> str:
     reasons = list(s.reasons)
     if s.store and s.state != FRESH:
         reasons.append("the store has it: `doit` restores it instead of building")
+    elif s.refit_store and s.state != FRESH:
+        reasons.append("the store has an engine of its structure: refit")
     why = f"  ({'; '.join(reasons)})" if reasons else ""
     return f"{s.state:<8} {s.engine.id}{why}"
 

@@ -354,5 +354,6 @@ def state_json(s: EngineState) -> dict[str, Any]:
     return {"engine": s.engine.id, "model": s.engine.model.name, "arch": s.engine.arch,
             "tp": s.engine.tp, "pp": s.engine.pp, "backend": s.engine.model.backend,
             "gpus": get_backend(s.engine.model.backend).gpus_needed(s.engine),
-            "state": s.state, "reasons": s.reasons, "key": s.key, "store": s.store}
+            "state": s.state, "reasons": s.reasons, "key": s.key, "store": s.store,
+            "refit_of": s.refit_of or s.refit_store}
 

@@ -227,6 +227,8 @@ class TrtllmBackend(Backend):
         if not job.gpus:
             raise BuildFailed(f"refit:{e.id} needs an {e.arch} GPU; none was given")
         assert job.converted is not None
+        if shutil.which("trtllm-refit") is None:
+            raise BuildFailed(f"refit:{e.id}: trtllm-refit is not on PATH (tensorrt_llm {SUPPORTED} provides it)")
         run_logged(["trtllm-refit", "--engine_dir", str(source), "--checkpoint_dir", str(job.converted),
                     "--output_dir", str(job.out_dir), "--log_level", "info"],
                    job.log, f"refit:{e.id}", env=job.visible_env(), cwd=job.work_dir)

@@ -57,9 +57,12 @@ def standin_env(root: Path, *, trtllm_version: str = TRTLLM_VERSION, tensorrt_ve
                                                     f"tensorrt~={major_minor_patch}"))
     scripts = ["trtllm-serve = tensorrt_llm.commands.serve:main"]
     if engine_builder:
-        scripts.insert(0, "trtllm-build = tensorrt_llm.commands.build:main")
+        # setup.py console_scripts of 1.2.x: trtllm-build and trtllm-refit come with the engine workflow.
+        scripts[:0] = ["trtllm-build = tensorrt_llm.commands.build:main",
+                       "trtllm-refit = tensorrt_llm.commands.refit:main"]
     else:
         (bin_dir / "trtllm-build").unlink()
+        (bin_dir / "trtllm-refit").unlink()
     (trtllm_info / "entry_points.txt").write_text("[console_scripts]\n" + "\n".join(scripts) + "\n")
     trt_info = site / f"tensorrt-{tensorrt_version}.dist-info"
     trt_info.mkdir()

@@ -139,6 +139,22 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
     return header
 
 
+def model_digest(structure_digest: str, ckpt_dir: str | None, world_size: int) -> str:
+    """What every rank's engine shares and the stand-in runtime generates tokens from: the engine's structure
+    (config and options) and the weights of every rank. A refit recomputes it with the new weights, so a refitted
+    engine generates what an engine built from those weights generates."""
+    h = hashlib.sha256(structure_digest.encode())
+    if ckpt_dir is not None:
+        files = [Path(ckpt_dir) / f"rank{r}.safetensors" for r in range(world_size)]
+        h.update(sha256_files([f for f in files if f.is_file()]).encode())
+    return h.hexdigest()
+
+
+def tensor_shapes(path: Path) -> dict[str, list]:
+    """{name: [dtype, shape]} of a safetensors file's tensors (header only)."""
+    return {k: [v["dtype"], v["shape"]] for k, v in read_safetensors_header(path).items() if k != "__metadata__"}
+
+
 def write_plan(path: Path, meta: dict[str, Any], payload_seed: str, size: int = 4096) -> None:
     """A fake serialized TensorRT engine: magic, u32-LE JSON meta length, meta, deterministic payload."""
     blob = canonical(meta)

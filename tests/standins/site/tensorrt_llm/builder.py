@@ -88,6 +88,23 @@ class BuildConfig:
         return out
 
 
+class EngineConfig:
+    """builder.py EngineConfig: an engine dir's config.json (pretrained_config, build_config, version)."""
+
+    def __init__(self, pretrained_config: PretrainedConfig, build_config: BuildConfig, version: str) -> None:
+        self.pretrained_config = pretrained_config
+        self.build_config = build_config
+        self.version = version
+
+    @classmethod
+    def from_json_file(cls, config_file: str | os.PathLike) -> EngineConfig:
+        with open(config_file) as f:
+            config = json.load(f)
+        build = dict(config["build_config"])
+        build.pop("plugin_config", None)
+        return cls(PretrainedConfig.from_dict(config["pretrained_config"]), BuildConfig(**build), config["version"])
+
+
 def _deduce_max_seq_len(pretrained: PretrainedConfig) -> int:
     n = getattr(pretrained, "max_position_embeddings", None)
     if n is None:
@@ -147,7 +164,7 @@ class Engine:
 
 
 def build(rank: int, gpu: dict[str, Any], ckpt_dir: str | None, pretrained: PretrainedConfig,
-          build_config: BuildConfig, model_digest: str) -> Engine:
+          build_config: BuildConfig, digests: dict[str, str]) -> Engine:
     """Build one rank on one GPU (the fake work: deterministic bytes from checkpoint, options and versions)."""
     import tensorrt
 
@@ -166,15 +183,20 @@ def build(rank: int, gpu: dict[str, Any], ckpt_dir: str | None, pretrained: Pret
     _optimize_model_with_config(bc)
 
     weights_digest = "dummy-weights"
+    weights: dict[str, list] = {}
     if ckpt_dir is not None:
-        weights = Path(ckpt_dir) / f"rank{rank}.safetensors"
-        assert weights.is_file(), str(weights)
-        _standin.read_safetensors_header(weights)
-        weights_digest = _standin.sha256_files([weights])
+        path = Path(ckpt_dir) / f"rank{rank}.safetensors"
+        assert path.is_file(), str(path)
+        weights = _standin.tensor_shapes(path)
+        weights_digest = _standin.sha256_files([path])
 
     _timing_cache(rank, gpu, bc)
     engine_options = {k: v for k, v in bc.to_dict().items() if k not in _NOT_IN_ENGINE}
     options_digest = hashlib.sha256(_standin.canonical(engine_options)).hexdigest()
+    # Builder.create_builder_config(): use_refit sets BuilderFlag.REFIT, use_strip_plan REFIT_INDIVIDUAL and
+    # STRIP_PLAN: the plan is refittable, and with STRIP_PLAN its refittable weights are left out of it.
+    refittable = bool(bc["use_refit"] or bc["use_strip_plan"])
+    stripped = bool(bc["use_strip_plan"])
     meta = None
     if not bc["dry_run"]:
         logger.trt("info", f"[MemUsageChange] Init CUDA: device {gpu['name']} (compute {gpu['compute_cap']})")
@@ -182,9 +204,10 @@ def build(rank: int, gpu: dict[str, Any], ckpt_dir: str | None, pretrained: Pret
                 "compute_capability": gpu["compute_cap"], "rank": rank,
                 "world_size": pretrained.mapping.world_size, "architecture": pretrained.architecture,
                 "dtype": pretrained.dtype, "vocab_size": pretrained.vocab_size, "options_digest": options_digest,
-                "weights_digest": weights_digest, "model_digest": model_digest}
+                "weights_digest": None if stripped else weights_digest, **digests,
+                "refittable_weights": weights if refittable else {}, "weights_stripped": stripped}
         logger.trt("info", "Engine generation completed in 0.01 seconds.")
-    seed = _standin.canonical([meta, options_digest, weights_digest]).decode()
+    seed = _standin.canonical([meta, options_digest]).decode()
     return Engine(pretrained, bc, meta, seed, managed_weights=bool(bc.plugin_config.get("manage_weights")))
 
 

@@ -110,14 +110,14 @@ def _record_invocation() -> None:
 
 
 def build_and_save(rank: int, gpu_id: int, ckpt_dir: str | None, build_config: BuildConfig, output_dir: str,
-                   log_level: str, model_config: PretrainedConfig, model_digest: str) -> bool:
+                   log_level: str, model_config: PretrainedConfig, digests: dict[str, str]) -> bool:
     gpus = _standin.visible_gpus()
     gpu = gpus[gpu_id]  # torch.cuda.set_device(gpu_id)
     logger.set_level(log_level)
     sleep = float(os.environ.get("STANDIN_TRTLLM_SLEEP") or 0)
     if sleep > 0:
         time.sleep(sleep)
-    engine: Engine = build(rank, gpu, ckpt_dir, model_config, build_config, model_digest)
+    engine: Engine = build(rank, gpu, ckpt_dir, model_config, build_config, digests)
     engine.save(output_dir)
     fifo = os.environ.get("STANDIN_TRTLLM_STARTED_FIFO")
     if fifo and rank == 0:
@@ -135,18 +135,18 @@ def build_and_save(rank: int, gpu_id: int, ckpt_dir: str | None, build_config: B
 
 
 def parallel_build(model_config: PretrainedConfig, ckpt_dir: str | None, build_config: BuildConfig,
-                   output_dir: str, workers: int, log_level: str, model_digest: str) -> None:
+                   output_dir: str, workers: int, log_level: str, digests: dict[str, str]) -> None:
     world_size = model_config.mapping.world_size
     if workers == 1:
         for rank in range(world_size):
             passed = build_and_save(rank, rank % workers, ckpt_dir, build_config, output_dir, log_level,
-                                    model_config, model_digest)
+                                    model_config, digests)
             assert passed, "Engine building failed, please check error log."
         return
     # The real one uses ProcessPoolExecutor(spawn); both raise "max_workers must be greater than 0" for 0 GPUs.
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(build_and_save, rank, rank % workers, ckpt_dir, build_config, output_dir, log_level,
-                               model_config, model_digest) for rank in range(world_size)]
+                               model_config, digests) for rank in range(world_size)]
         exceptions = []
         for future in as_completed(futures):
             try:
@@ -157,15 +157,15 @@ def parallel_build(model_config: PretrainedConfig, ckpt_dir: str | None, build_c
         assert len(exceptions) == 0, "Engine building failed, please check error log."
 
 
-def _model_digest(ckpt_dir: str | None, config_path: str, build_config: BuildConfig, world_size: int) -> str:
-    """What every rank's engine shares (the stand-in runtime generates from it, so all ranks agree)."""
+def _model_digests(ckpt_dir: str | None, config_path: str, build_config: BuildConfig,
+                   world_size: int) -> dict[str, str]:
+    """What every rank's engine shares (the stand-in runtime generates from model_digest, so all ranks agree);
+    structure_digest is the part a refit keeps."""
     h = hashlib.sha256(Path(config_path).read_bytes())
     engine_options = {k: v for k, v in build_config.to_dict().items() if "timing_cache" not in k}
     h.update(_standin.canonical(engine_options))
-    if ckpt_dir is not None:
-        files = [Path(ckpt_dir) / f"rank{r}.safetensors" for r in range(world_size)]
-        h.update(_standin.sha256_files([f for f in files if f.is_file()]).encode())
-    return h.hexdigest()
+    return {"structure_digest": h.hexdigest(), "model_digest": _standin.model_digest(h.hexdigest(), ckpt_dir,
+                                                                                      world_size)}
 
 
 def main() -> None:
@@ -251,8 +251,8 @@ def main() -> None:
         "StreamingLLM is no longer supported because attention sink cannot work with the non-cyclic kv cache "
         "kernel & runtime changes.")
 
-    digest = _model_digest(ckpt_dir, config_path, build_config, model_config.mapping.world_size)
-    parallel_build(model_config, ckpt_dir, build_config, args.output_dir, workers, args.log_level, digest)
+    digests = _model_digests(ckpt_dir, config_path, build_config, model_config.mapping.world_size)
+    parallel_build(model_config, ckpt_dir, build_config, args.output_dir, workers, args.log_level, digests)
 
     t = time.strftime("%H:%M:%S", time.gmtime(time.time() - tik))
     logger.info(f"Total time of building all engines: {t}")

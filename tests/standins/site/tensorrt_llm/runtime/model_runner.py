@@ -117,6 +117,11 @@ class ModelRunner:
                           f"{device['compute_cap']} got compute {meta['compute_capability']}, please rebuild.")
         if meta["rank"] != rank:
             raise _refuse(f"{plan} holds rank {meta['rank']}, not rank {rank}")
+        if meta.get("weights_stripped"):
+            # A plan built with BuilderFlag.STRIP_PLAN holds no refittable weights: TensorRT runs it only after
+            # they are supplied through IRefitter (trtllm-refit); the runtime cannot execute it as it is.
+            raise _refuse(f"{plan} is weight-stripped (built with --strip_plan): refit it with trtllm-refit "
+                          "before running it")
         return cls(root, config, rank, meta, device)
 
     def generate(self, batch_input_ids: list[Any], *, sampling_config: Any = None, max_new_tokens: int = 20,
