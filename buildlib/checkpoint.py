@@ -25,6 +25,22 @@ class BadCheckpoint(UserError):
     """A checkpoint file that no converter could read, or that would run untrusted code."""
 
 
+def safetensors_header(path: Path) -> tuple[dict, int]:
+    """A shard's parsed header and the offset of its data section (8 + header length); only the header is read.
+    Raises OSError, or ValueError for a file that is not a safetensors shard."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{path}: not a safetensors file")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER:
+            raise ValueError(f"{path}: safetensors header too large")
+        header = json.loads(f.read(n))
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: safetensors header is not a JSON object")
+    return header, 8 + n
+
+
 def check_safetensors(path: Path) -> None:
     """The header of one shard: u64-LE length, a JSON object of {name: {dtype, shape, data_offsets}}, with
     offsets that tile the data exactly up to the end of the file (what safetensors' safe_open checks)."""

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import MAX_HEADER
+from .checkpoint import safetensors_header
 from .hashing import merkle
 from .key import diff_fields, key_of
 
@@ -40,16 +39,8 @@ class CheckpointStructure:
 
 
 def _header_digest(path: Path) -> str:
-    """xxh3-128 of a shard's header without the data offsets: {name: [dtype, shape]} and __metadata__. Raises
-    OSError/ValueError for a file that is no safetensors shard (buildlib.checkpoint reports those first)."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ValueError(f"{path}: not a safetensors file")
-        (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER:
-            raise ValueError(f"{path}: safetensors header too large")
-        header = json.loads(f.read(n))
+    """xxh3-128 of a shard's header without the data offsets: {name: [dtype, shape]} and __metadata__."""
+    header, _ = safetensors_header(path)
     shape = {name: info if name == "__metadata__" else [info["dtype"], info["shape"]] for name, info in header.items()}
     return key_of(shape)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -259,6 +260,69 @@ def test_model_runner_is_as_strict_as_the_real_one(env, tp2, tmp_path):
     one_gpu = standin_env(tmp_path / "one", gpus=[H100])
     r = py(_world(one_gpu, 2), RUNNER, str(out), "1")
     assert r.returncode != 0 and "invalid device ordinal" in r.stderr
+
+
+# -- trtllm-refit --------------------------------------------------------------------------------------------------
+
+def trtllm_refit(env: dict[str, str], engine: Path, ckpt: Path, out: Path | None) -> subprocess.CompletedProcess:
+    argv = ["trtllm-refit", "--engine_dir", str(engine), "--checkpoint_dir", str(ckpt)]
+    return run(env, *argv, *(["--output_dir", str(out)] if out else []))
+
+
+def test_strip_plan_engine_runs_only_after_trtllm_refit(env, tp2, tmp_path):
+    stripped, full, plain = tmp_path / "stripped", tmp_path / "full", tmp_path / "plain"
+    assert trtllm_build(env, tp2, stripped, "--strip_plan", cwd=tmp_path).returncode == 0
+    assert json.loads((stripped / "config.json").read_text())["build_config"]["use_strip_plan"] is True
+    r = py(_world(env, 2), RUNNER, str(stripped), "0")
+    assert r.returncode != 0 and "weight-stripped" in r.stderr
+    r = trtllm_refit(env, stripped, tp2, full)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(p.name for p in full.iterdir()) == ["config.json", "rank0.engine", "rank1.engine"]
+    assert trtllm_build(env, tp2, plain, cwd=tmp_path).returncode == 0
+    refitted, built = py(_world(env, 2), RUNNER, str(full), "0"), py(_world(env, 2), RUNNER, str(plain), "0")
+    assert refitted.returncode == 0, refitted.stderr
+    assert refitted.stdout.splitlines()[-1] == built.stdout.splitlines()[-1]  # same weights, same tokens
+    # refitted with another fine-tune's weights: other tokens; and the refitted engine can be refitted again
+    other = convert(env, make_hf(tmp_path / "hf2", seed=7), tmp_path / "ckpt2", tp=2)
+    again = tmp_path / "again"
+    assert trtllm_refit(env, full, other, again).returncode == 0
+    assert py(_world(env, 2), RUNNER, str(again), "0").stdout.splitlines()[-1] != refitted.stdout.splitlines()[-1]
+
+
+def test_trtllm_refit_refuses_what_the_real_one_refuses(env, tp2, tmp_path):
+    stripped, plain = tmp_path / "stripped", tmp_path / "plain"
+    assert trtllm_build(env, tp2, stripped, "--strip_plan", cwd=tmp_path).returncode == 0
+    assert trtllm_build(env, tp2, plain, cwd=tmp_path).returncode == 0
+    # an engine built without --strip_plan is not refittable: TensorRT creates no refitter for it
+    r = trtllm_refit(env, plain, tp2, tmp_path / "o1")
+    assert r.returncode != 0 and "factory function returned nullptr" in r.stderr
+    # a checkpoint of another architecture
+    qwen = tmp_path / "qwen"
+    shutil.copytree(tp2, qwen)
+    cfg = json.loads((qwen / "config.json").read_text())
+    (qwen / "config.json").write_text(json.dumps({**cfg, "architecture": "Qwen2ForCausalLM"}))
+    r = trtllm_refit(env, stripped, qwen, tmp_path / "o2")
+    assert r.returncode != 0 and "Engine Architecture and Checkpoint Architecture do not match. Engine Architecture:" \
+        " `LlamaForCausalLM`, Checkpoint Architecture: `Qwen2ForCausalLM`" in r.stderr
+    # a checkpoint with other tensors (a structural change): the refittable weights it lacks are named
+    deeper = convert(env, make_hf(tmp_path / "hf3"), tmp_path / "ckpt3", tp=2)
+    cfg3 = {**HF_CONFIG, "num_hidden_layers": 1}
+    (tmp_path / "hf4").mkdir()
+    (tmp_path / "hf4/config.json").write_text(json.dumps(cfg3))
+    shutil.copy(tmp_path / "hf3/model-00001-of-00001.safetensors", tmp_path / "hf4")
+    shallower = convert(env, tmp_path / "hf4", tmp_path / "ckpt4", tp=2)
+    assert deeper.exists()
+    r = trtllm_refit(env, stripped, shallower, tmp_path / "o3")
+    assert r.returncode != 0 and "Missing refittable weights {'transformer.layers.1.attention.qkv.weight'}" in r.stderr
+    # missing dirs, and no --output_dir (os.path.normpath(None))
+    r = trtllm_refit(env, tmp_path / "nope", tp2, tmp_path / "o4")
+    assert r.returncode != 0 and f"Please supply a valid --engine_dir (found `{tmp_path / 'nope'}`)" in r.stderr
+    r = trtllm_refit(env, stripped, tp2, None)
+    assert r.returncode != 0 and "TypeError" in r.stderr
+    # on a GPU of another compute capability the plan does not deserialize
+    ampere = {**standin_env(tmp_path / "a100", gpus=[A100])}
+    r = trtllm_refit(ampere, stripped, tp2, tmp_path / "o5")
+    assert r.returncode != 0 and "incompatible device" in r.stderr
 
 
 def test_metadata_versions_without_import(tmp_path):

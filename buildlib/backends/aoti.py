@@ -15,11 +15,13 @@ from ..errors import BackendUnavailable, BuildFailed, SpecError
 from ..gpu import Host
 from ..proc import run_worker
 from ..spec import GPU_ARCH_RE, MAX_SIZE, ModelSpec
+from .aoti_refit import fast_refit
 from .base import Backend, Job, dist_version
 
 # The envelope the exported graph is specialized for (dynamic batch and sequence dims).
 BUILD_DEFAULTS: dict[str, int] = {"max_batch_size": 8, "max_input_len": 256, "max_seq_len": 512}
 PACKAGE = "model.pt2"
+WEIGHTS = "weights.safetensors"  # refit: true: the package's constants, outside its compiled code
 
 
 @lru_cache(maxsize=1)
@@ -84,7 +86,8 @@ class AotiBackend(Backend):
         e = job.engine
         return {"op": op, "checkpoint": str(job.checkpoint), "package": str(job.out_dir / PACKAGE),
                 "dtype": e.model.dtype, "device": "cuda" if GPU_ARCH_RE.fullmatch(e.arch) else "cpu",
-                "cache_dir": str(job.work_dir / "inductor-cache"), **e.model.build_options}
+                "cache_dir": str(job.work_dir / "inductor-cache"), "refit": e.model.refit,
+                "weights": str(job.out_dir / WEIGHTS), **e.model.build_options}
 
     def build(self, job: Job) -> None:
         e = job.engine
@@ -93,8 +96,30 @@ class AotiBackend(Backend):
         run_worker("buildlib.backends.aoti_worker", self._request(job, "compile"), job.log, f"build:{e.id}",
                    env=job.visible_env(), cwd=job.work_dir)
 
+    def refit_gpus(self, engine: Engine) -> int:
+        return 0  # the new weights are read and written on the CPU; validation runs them on the GPU
+
+    def refit(self, job: Job, source: Path) -> None:
+        """A copy of the old package (its compiled code is the same: same structure) and the new checkpoint's
+        weights under the names, dtypes and shapes of the old weights.safetensors; no export, no compile."""
+        e = job.engine
+        try:
+            shutil.copyfile(source / PACKAGE, job.out_dir / PACKAGE)
+        except OSError as err:
+            raise BuildFailed(f"refit:{e.id}: cannot copy {source / PACKAGE}: {err.strerror}") from None
+        why = fast_refit(source / WEIGHTS, job.checkpoint, job.out_dir / WEIGHTS)
+        if why is None:
+            with open(job.log, "a") as log:
+                log.write(f"refit: copied the new weights from {job.checkpoint} (same names, dtypes, shapes)\n")
+            return
+        with open(job.log, "a") as log:
+            log.write(f"refit: {why}; loading the checkpoint with transformers instead\n")
+        run_worker("buildlib.backends.aoti_worker", {**self._request(job, "refit"),
+                                                     "source_weights": str(source / WEIGHTS)},
+                   job.log, f"refit:{e.id}", cwd=job.work_dir)
+
     def check_complete(self, engine: Engine, out_dir: Path) -> list[str]:
-        return [] if (out_dir / PACKAGE).is_file() else [PACKAGE]
+        return [f for f in (PACKAGE, *((WEIGHTS,) if engine.model.refit else ())) if not (out_dir / f).is_file()]
 
     def validate(self, job: Job) -> dict[str, Any]:
         e = job.engine

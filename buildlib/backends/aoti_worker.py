@@ -174,13 +174,82 @@ def compile_package(req: dict[str, Any]) -> dict[str, Any]:
     log(f"exported in {export_s:.1f}s: {dynamic}; compiling (march={march}, vec isa {pick_vec_isa()})")
     t2 = time.perf_counter()
     phase("compile")
-    out = torch._inductor.aoti_compile_and_package(ep, package_path=str(package))
+    # refit: the weights stay out of the compiled code and go to weights.safetensors beside the package
+    configs = {"aot_inductor.package_constants_in_so": False} if req.get("refit") else {}
+    out = torch._inductor.aoti_compile_and_package(ep, package_path=str(package), inductor_configs=configs)
     compile_s = time.perf_counter() - t2
     log(f"compiled {out} in {compile_s:.1f}s")
+    if req.get("refit"):
+        fqns = torch._inductor.aoti_load_package(str(package)).get_constant_fqns()
+        _save_weights(_logits_only(model), fqns, Path(req["weights"]))
     return {"package": str(out), "export_s": round(export_s, 2), "compile_s": round(compile_s, 2),
             "dynamic_shapes": dynamic, "attn_implementation": ATTN_IMPLEMENTATION, "march": march,
             "vec_isa": str(pick_vec_isa()), "isa": host_isa() if req["device"] == "cpu" else None,
             "torch": torch.__version__}
+
+
+def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer by FQN, tied ones under each of their names."""
+    return {**dict(module.named_parameters(remove_duplicate=False)),
+            **dict(module.named_buffers(remove_duplicate=False))}
+
+
+def _save_weights(module: torch.nn.Module, fqns: list[str], path: Path) -> None:
+    """The module's tensors the package takes as constants (by their FQN), written as one safetensors file.
+    Tensors that share storage (tied embeddings) are each written whole: safetensors stores no aliases."""
+    from safetensors.torch import save_file
+
+    have = _tensors(module)
+    missing = [f for f in fqns if f not in have]
+    if missing:
+        raise SystemExit(f"the compiled package takes constants the model does not have: {', '.join(missing[:5])}")
+    seen: set[int] = set()
+    out = {}
+    for f in fqns:
+        t = have[f].detach().cpu().contiguous()
+        out[f] = t.clone() if t.data_ptr() in seen else t
+        seen.add(t.data_ptr())
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(out, str(tmp))
+    os.replace(tmp, path)
+
+
+def refit_weights(req: dict[str, Any]) -> dict[str, Any]:
+    """A weights-only update: the weights of the new checkpoint under the names, dtypes and shapes of the old
+    engine's weights.safetensors (refused where any differs: then the engine is built instead). CPU only."""
+    _configure(req)
+    from safetensors import safe_open
+
+    t0 = time.perf_counter()
+    phase("load")
+    with safe_open(req["source_weights"], framework="pt") as f:
+        want = {k: (f.get_slice(k).get_dtype(), list(f.get_slice(k).get_shape())) for k in f.keys()}  # noqa: SIM118
+    module = _logits_only(_load_model({**req, "device": "cpu"}))
+    have = _tensors(module)
+    dtype_name = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+    for name, (dtype, shape) in want.items():
+        t = have.get(name)
+        if t is None:
+            raise SystemExit(f"refit: the new checkpoint has no tensor for the engine's constant {name}")
+        if list(t.shape) != shape or dtype_name.get(str(t.dtype).removeprefix("torch.")) != dtype:
+            raise SystemExit(f"refit: {name} is {t.dtype} {list(t.shape)} in the new checkpoint, {dtype} {shape} in "
+                             "the engine")
+    phase("write")
+    _save_weights(module, list(want), Path(req["weights"]))
+    log(f"refitted {len(want)} constants in {time.perf_counter() - t0:.1f}s")
+    return {"constants": len(want), "refit_s": round(time.perf_counter() - t0, 2)}
+
+
+def _load_runner(req: dict[str, Any]) -> Any:
+    """The compiled package; with its weights loaded from weights.safetensors when it was built for refit."""
+    import torch
+
+    runner = torch._inductor.aoti_load_package(req["package"])
+    if req.get("refit"):
+        from safetensors.torch import load_file
+
+        runner.load_constants(load_file(req["weights"], device=req["device"]), check_full_update=True)
+    return runner
 
 
 def validate_package(req: dict[str, Any]) -> dict[str, Any]:
@@ -189,7 +258,7 @@ def validate_package(req: dict[str, Any]) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     phase("load")
-    runner = torch._inductor.aoti_load_package(req["package"])
+    runner = _load_runner(req)
     model = _load_model(req)
     vocab = model.config.vocab_size
     b, s = req["max_batch_size"], req["max_seq_len"]
@@ -223,7 +292,7 @@ def validate_package(req: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     req = json.loads(Path(sys.argv[1]).read_text())
-    ops = {"compile": compile_package, "validate": validate_package}
+    ops = {"compile": compile_package, "validate": validate_package, "refit": refit_weights}
     if req.get("op") not in ops:
         raise SystemExit(f"unknown op {req.get('op')!r}; expected one of {', '.join(ops)}")
     result = ops[req["op"]](req)

@@ -151,6 +151,10 @@ class Backend(ABC):
     def build(self, job: Job) -> None:
         """Write the engine files into job.out_dir; raise BuildFailed on failure."""
 
+    def refit_gpus(self, engine: Engine) -> int:
+        """GPUs a refit of this engine needs at once (trtllm: as its build; refits on the CPU: 0)."""
+        return self.gpus_needed(engine)
+
     def refit(self, job: Job, source: Path) -> None:
         """Write into job.out_dir the refittable engine in `source` with the weights of job's checkpoint (the
         engine's structure is the same, buildlib.structure); raise BuildFailed when the toolchain refuses."""

@@ -162,7 +162,9 @@ def _model_digests(ckpt_dir: str | None, config_path: str, build_config: BuildCo
     """What every rank's engine shares (the stand-in runtime generates from model_digest, so all ranks agree);
     structure_digest is the part a refit keeps."""
     h = hashlib.sha256(Path(config_path).read_bytes())
-    engine_options = {k: v for k, v in build_config.to_dict().items() if "timing_cache" not in k}
+    # Refit flags change what the plan holds (refittable, stripped), not what it computes.
+    engine_options = {k: v for k, v in build_config.to_dict().items()
+                      if "timing_cache" not in k and k not in ("use_refit", "use_strip_plan")}
     h.update(_standin.canonical(engine_options))
     return {"structure_digest": h.hexdigest(), "model_digest": _standin.model_digest(h.hexdigest(), ckpt_dir,
                                                                                       world_size)}
