@@ -76,3 +76,60 @@ def test_structural_change_is_named_and_not_a_refit(built, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     reasons = plan(root, _env())[ENGINE]["reasons"]
     assert "config.json num_hidden_layers 2 -> 3" in reasons and "weights only: refit" not in reasons, reasons
+
+
+def test_fast_refit_copies_bytes_and_says_why_not(tmp_path):
+    """The torch-free path: tensor bytes under the engine's names, or the reason it does not apply."""
+    from buildlib.backends.aoti_refit import fast_refit
+    from tests.conftest import write_safetensors
+
+    old = tmp_path / "old.safetensors"
+    write_safetensors(old, {"inner.a": b"\0" * 16, "inner.b": b"\0" * 8})
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    write_safetensors(ckpt / "model-1.safetensors", {"a": bytes(range(16))})
+    write_safetensors(ckpt / "model-2.safetensors", {"b": bytes(range(100, 108)), "extra": b"x"})
+    out = tmp_path / "new.safetensors"
+    assert fast_refit(old, ckpt, out) is None
+    from buildlib.checkpoint import safetensors_header
+
+    header, start = safetensors_header(out)
+    data = out.read_bytes()[start:]
+    a, b = header["inner.a"]["data_offsets"], header["inner.b"]["data_offsets"]
+    assert data[a[0]:a[1]] == bytes(range(16)) and data[b[0]:b[1]] == bytes(range(100, 108))
+    assert set(header) == {"inner.a", "inner.b"}
+    write_safetensors(ckpt / "model-1.safetensors", {"a": bytes(range(8))})  # another shape: not this path
+    out.unlink()
+    assert fast_refit(old, ckpt, out) == "a is U8 [8] in the checkpoint, U8 [16] in the engine" and not out.exists()
+    (ckpt / "model-1.safetensors").unlink()
+    assert fast_refit(old, ckpt, out) == "the checkpoint has no tensor named a"
+
+
+def test_torch_refit_worker_casts_where_the_checkpoint_dtype_differs(tmp_path):
+    """The fallback: a float16 checkpoint for a float32 engine is loaded (and cast) by transformers."""
+    import subprocess
+    import sys
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from buildlib.backends.aoti_refit import fast_refit
+    from buildlib.tinyllama import write_checkpoint
+
+    ckpt = tmp_path / "ckpt16"
+    write_checkpoint(ckpt, seed=3, dtype="float16")
+    ref = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
+    old = tmp_path / "old.safetensors"
+    save_file({f"inner.{k}": torch.zeros_like(v) for k, v in ref.state_dict().items()}, str(old))
+    assert "F16" in (fast_refit(old, ckpt, tmp_path / "x.safetensors") or "")
+    req = {"op": "refit", "checkpoint": str(ckpt), "dtype": "float32", "device": "cpu", "source_weights": str(old),
+           "weights": str(tmp_path / "new.safetensors"), "result": str(tmp_path / "result.json")}
+    (tmp_path / "req.json").write_text(json.dumps(req))
+    r = subprocess.run([sys.executable, "-m", "buildlib.backends.aoti_worker", str(tmp_path / "req.json")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    new = load_file(str(tmp_path / "new.safetensors"))
+    assert set(new) == {f"inner.{k}" for k in ref.state_dict()}
+    assert all(torch.equal(new[f"inner.{k}"], v) and new[f"inner.{k}"].dtype == torch.float32
+               for k, v in ref.state_dict().items())
