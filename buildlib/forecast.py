@@ -32,6 +32,7 @@ class ArchForecast:
     bases: dict[str, int] = field(default_factory=dict)  # basis -> engines estimated from it
     evidence: int = 0  # recorded builds the estimates rest on (summed over engines)
     host_gpus: int = 0
+    refits: int = 0  # pending weights-only updates: refits, not builds (seconds to minutes; not forecast)
 
     def wall_seconds(self, gpus: int) -> float:
         """Longest first, each build on the `g` GPUs that free up first (a build waits for all of them)."""
@@ -59,9 +60,14 @@ def _fleet_rate(planner: Planner) -> tuple[float, int] | None:
     return (statistics.median(rates), len(rates)) if rates else None
 
 
+def refits(s: EngineState) -> bool:
+    """Stale in its weights only, with a refittable engine of its structure here or in the store."""
+    return s.state in (STALE, MISSING) and not s.store and bool(s.refit_of or s.refit_store)
+
+
 def needs_build(planner: Planner, s: EngineState) -> bool:
     """Stale or missing, here or (blocked) on a host of its arch, and not in the store."""
-    if s.store or s.state not in (STALE, MISSING, BLOCKED):
+    if s.store or s.state not in (STALE, MISSING, BLOCKED) or refits(s):
         return False
     if s.state == BLOCKED:  # e.g. restored here but not validated: built already, only another host can check it
         m = read_manifest(s.engine.dir(planner.spec.project))
@@ -74,6 +80,9 @@ def forecast(planner: Planner, states: Sequence[EngineState]) -> dict[str, ArchF
     out: dict[str, ArchForecast] = {}
     rate = functools.cache(lambda: _fleet_rate(planner))  # read on first need only
     for s in states:
+        if refits(s):
+            out.setdefault(s.engine.arch, ArchForecast(s.engine.arch,
+                                                       host_gpus=len(planner.host.gpus_of(s.engine.arch)))).refits += 1
         if not needs_build(planner, s):
             continue
         e = s.engine
@@ -112,7 +121,10 @@ def describe(f: ArchForecast, gpus: int | None = None) -> str:
     """`sm90: 3 builds, 0.42 GPU-hours, about 13 min on this host's 2 sm90 GPUs (estimate: 2 from its own last
     build, 1 from builds of its model; 4 recorded builds)`. A CPU arch: its build time, one build at a time."""
     count = len(f.builds)
-    head = f"{f.arch}: {count} build{'s' if count != 1 else ''}, "
+    refit = f"{f.refits} refit{'s' if f.refits != 1 else ''} (weights only, not forecast as builds)"
+    if not count:
+        return f"{f.arch}: no builds, {refit}"
+    head = f"{f.arch}: {count} build{'s' if count != 1 else ''}{', ' + refit if f.refits else ''}, "
     if not GPU_ARCH_RE.fullmatch(f.arch):
         head += f"about {duration(sum(s for s, _ in f.builds))} of CPU build time"
     else:

@@ -68,6 +68,13 @@ def read_manifest(engine_dir: Path) -> Manifest | None:
         return None
 
 
+def build_of(m: Manifest) -> dict[str, Any]:
+    """The record of the full build behind an engine (`seconds`, `gpus`, ...): its own, or for a refitted engine
+    the one it carries from the engine it was refitted from (so build-time estimates never see a refit's)."""
+    rec = m.built.get("build") if m.built.get("how") == "refit" else m.built
+    return {k: rec[k] for k in ("seconds", "gpus", "at", "host") if k in rec} if isinstance(rec, dict) else {}
+
+
 def validation_record(engine_dir: Path | str, key: str) -> dict[str, Any] | None:
     """The dir's validation.json when it is about an engine with this key (a pass or a recorded failure)."""
     try:

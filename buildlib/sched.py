@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from .errors import UserError
 from .gpu import Gpu
-from .manifest import MANIFEST, read_manifest
+from .manifest import MANIFEST, build_of, read_manifest
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -369,10 +369,11 @@ def build_record(engine_dir: Path) -> tuple[float, int] | None:
     m = read_manifest(engine_dir)
     if m is None:
         return None
-    seconds = m.built.get("seconds")
+    built = build_of(m)
+    seconds = built.get("seconds")
     if not isinstance(seconds, (int, float)) or seconds <= 0:
         return None
-    return float(seconds), max(1, len(m.built.get("gpus") or ()))
+    return float(seconds), max(1, len(built.get("gpus") or ()))
 
 
 @dataclass(frozen=True)

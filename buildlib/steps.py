@@ -24,6 +24,7 @@ from .key import canonical_json, key_of
 from .manifest import (
     VALIDATION,
     Manifest,
+    build_of,
     check_outputs,
     read_manifest,
     record_outputs,
@@ -238,17 +239,18 @@ def _refit(planner: Planner, engine: Engine, st: EngineState, converted: Path | 
         say(f"refitting {engine.id} (weights only) from {where}, key {source_key}"
             + (f" on {describe(held)}" if held else ""))
         t0 = time.monotonic()
+        last_build: dict[str, Any] = {}  # the source's build record, kept so forecasts see build times, not refits
 
         def make(tmp: Path) -> None:
             job = Job(engine, checkpoint_dir(planner.spec, engine.model), converted, tmp, held, tmp / "build.log",
                       project.work_dir, project.root)
             if st.refit_of:
-                _check_source(planner, dest, source_key)
+                last_build.update(build_of(_check_source(planner, dest, source_key)))
                 backend.refit(job, dest)
             else:
                 src = temp_dir_for(dest)  # made after _produce cleaned leftovers; a killed run's copy is cleaned next
                 try:
-                    _pull_source(planner, engine, st, source_key, src)
+                    last_build.update(build_of(_pull_source(planner, engine, st, source_key, src)))
                     backend.refit(job, src)
                 finally:
                     shutil.rmtree(src, ignore_errors=True)
@@ -259,7 +261,7 @@ def _refit(planner: Planner, engine: Engine, st: EngineState, converted: Path | 
         def finish(tmp: Path) -> None:
             _finish_engine(planner, engine, st, tmp, {
                 "how": "refit", "refit_of": source_key, "seconds": round(time.monotonic() - t0, 3),
-                "gpus": [g.name for g in held], "gpu_indices": [g.index for g in held]})
+                "gpus": [g.name for g in held], "gpu_indices": [g.index for g in held], "build": last_build})
 
         try:
             _produce(dest, f"refit:{engine.id}", make, finish)
@@ -272,7 +274,7 @@ def _refit(planner: Planner, engine: Engine, st: EngineState, converted: Path | 
     return True
 
 
-def _check_source(planner: Planner, dest: Path, key: str) -> None:
+def _check_source(planner: Planner, dest: Path, key: str) -> Manifest:
     """The engine here is the one the plan named, with every output intact (a damaged one is not refitted)."""
     m = read_manifest(dest)
     if m is None or m.key != key:
@@ -280,9 +282,10 @@ def _check_source(planner: Planner, dest: Path, key: str) -> None:
     damaged = check_outputs(dest, m, planner.cache)
     if damaged:
         raise BuildFailed(f"the engine in {dest} is damaged ({'; '.join(damaged)})")
+    return m
 
 
-def _pull_source(planner: Planner, engine: Engine, st: EngineState, key: str, into: Path) -> None:
+def _pull_source(planner: Planner, engine: Engine, st: EngineState, key: str, into: Path) -> Manifest:
     """Pull the store's same-structure engine (every file verified) and check that its recorded structure is
     this engine's."""
     store = planner.store
@@ -290,6 +293,7 @@ def _pull_source(planner: Planner, engine: Engine, st: EngineState, key: str, in
     m = store.pull(key, into)
     if recorded_key(m.fields, m.structure) != planner.structure_key(engine, st.fields):
         raise StoreCorrupt(f"{store.url}/{key}: its structure is not that of {engine.id}")
+    return m
 
 
 def _restore(planner: Planner, store: Store, key: str, fields: dict[str, Any], dest: Path) -> bool:

@@ -111,6 +111,7 @@ def test_weights_only_change_is_refitted_with_no_trtllm_build(project):
     assert states["llama/sm90/tp1-pp1"]["reasons"] == ["weights only: refit"]
     text = doit(root, "plan", env=env).stdout
     assert re.search(r"stale +llama/sm90/tp1-pp1  \(weights only: refit\)", text), text
+    assert "forecast  sm90: no builds, 2 refits (weights only, not forecast as builds)" in text, text
     r = doit(root, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert len(trtllm_log(env)) == n_builds  # no trtllm-build at all
