@@ -88,7 +88,8 @@ def recorded_key(fields: dict[str, Any], record: dict[str, Any]) -> str | None:
 
 def structure_reasons(old: dict[str, Any], new: CheckpointStructure) -> list[str]:
     """Why two checkpoint structures differ: `config.json num_hidden_layers 32 -> 40`, `checkpoint
-    model.safetensors tensors changed (names, dtypes or shapes)`, `checkpoint tokenizer.json changed`."""
+    model.safetensors tensors changed (names, dtypes, shapes or header metadata)`, `checkpoint tokenizer.json
+    changed`."""
     reasons: list[str] = []
     old_files = old.get("files") or {}
     if old.get("config") is not None and new.config is not None and old["config"] != new.config:
@@ -99,7 +100,7 @@ def structure_reasons(old: dict[str, Any], new: CheckpointStructure) -> list[str
         elif rel not in old_files:
             reasons.append(f"checkpoint {rel} added")
         elif list(old_files[rel]) != list(new.files[rel]) and not (rel == "config.json" and reasons):
-            what = "tensors changed (names, dtypes or shapes)" if new.files[rel][0] == 0 else "changed"
+            what = "tensors changed (names, dtypes, shapes or header metadata)" if new.files[rel][0] == 0 else "changed"
             reasons.append(f"checkpoint {rel} {what}")
     return reasons or ["checkpoint structure changed"]
 
