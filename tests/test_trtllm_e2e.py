@@ -138,7 +138,8 @@ def test_changed_shard_rebuilds_only_that_models_engines(project):
     shard.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # a weight byte: the header stays valid
     states = plan(root, env)
     assert states["llama/sm90/tp1-pp1"]["state"] == "stale"
-    assert states["llama/sm90/tp1-pp1"]["reasons"] == ["checkpoint model-00002-of-00004.safetensors changed (weights only)"]
+    assert states["llama/sm90/tp1-pp1"]["reasons"] == \
+        ["checkpoint model-00002-of-00004.safetensors changed (weights only)"]
     assert states["mistral/sm90/tp1-pp1"]["state"] == "fresh"
     r = doit(root, "plan", "--check", env=env)
     assert r.returncode == 1
