@@ -35,6 +35,7 @@ from .. import _standin
 from ..builder import EngineConfig
 from ..logger import logger
 from ..models import MODEL_MAP, PretrainedConfig
+from ..runtime.model_runner import deserialize
 
 ENGINE_RE = re.compile(r"rank(\d+).engine")
 
@@ -51,22 +52,11 @@ def _record_invocation() -> None:
 
 
 def _deserialize(engine_path: Path) -> dict[str, Any]:
-    """runtime.deserialize_cuda_engine() on the current device (GPU 0 of those visible), as TensorRT checks it."""
-    import tensorrt
-
+    """runtime.deserialize_cuda_engine() on the current device (GPU 0 of those visible)."""
     gpus = _standin.visible_gpus()
     if not gpus:
         raise RuntimeError("CUDA error: no CUDA-capable device is detected")
-    meta = _standin.read_plan_meta(engine_path)
-    if meta is None:
-        raise RuntimeError(f"{engine_path}: the file is not a TensorRT engine plan (magic tag does not match)")
-    if meta["tensorrt_version"] != tensorrt.__version__:
-        raise RuntimeError("The engine plan file is not compatible with this version of TensorRT, expecting library "
-                           f"version {tensorrt.__version__} got {meta['tensorrt_version']}, please rebuild.")
-    if meta["compute_capability"] != gpus[0]["compute_cap"]:
-        raise RuntimeError("The engine plan file is generated on an incompatible device, expecting compute "
-                           f"{gpus[0]['compute_cap']} got compute {meta['compute_capability']}, please rebuild.")
-    return meta
+    return deserialize(engine_path, gpus[0])
 
 
 def refit_engine(engine_path: str, refit_engine_dir: str, checkpoint_dir: str, engine_config: EngineConfig) -> None:

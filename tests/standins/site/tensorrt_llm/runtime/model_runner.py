@@ -39,6 +39,23 @@ def _refuse(msg: str) -> RuntimeError:
     return RuntimeError(msg)
 
 
+def deserialize(plan: Path, device: dict[str, Any]) -> dict[str, Any]:
+    """IRuntime.deserializeCudaEngine() of a plan on `device`: TensorRT refuses another TensorRT version's plan and
+    one built for another compute capability. Returns the plan's meta."""
+    import tensorrt
+
+    meta = _standin.read_plan_meta(plan)
+    if meta is None:
+        raise _refuse(f"{plan}: the file is not a TensorRT engine plan (magic tag does not match)")
+    if meta["tensorrt_version"] != tensorrt.__version__:
+        raise _refuse("The engine plan file is not compatible with this version of TensorRT, expecting library "
+                      f"version {tensorrt.__version__} got {meta['tensorrt_version']}, please rebuild.")
+    if meta["compute_capability"] != device["compute_cap"]:
+        raise _refuse("The engine plan file is generated on an incompatible device, expecting compute "
+                      f"{device['compute_cap']} got compute {meta['compute_capability']}, please rebuild.")
+    return meta
+
+
 class ModelRunner:
     def __init__(self, engine_dir: Path, config: dict[str, Any], rank: int, meta: dict[str, Any],
                  device: dict[str, Any]) -> None:
@@ -75,7 +92,6 @@ class ModelRunner:
                  medusa_choices: list[list[int]] | None = None, stream: Any = None, gpu_weights_percent: float = 1,
                  enable_context_fmha_fp32_acc: bool | None = None, multi_block_mode: bool | None = None,
                  fail_fast_on_attention_window_too_large: bool = False) -> ModelRunner:
-        import tensorrt
 
         if os.environ.get("STANDIN_RUNNER_SIGSEGV"):
             os.kill(os.getpid(), signal.SIGSEGV)
@@ -106,15 +122,7 @@ class ModelRunner:
         plan = root / f"rank{rank}.engine"
         with open(plan, "rb"):  # FileNotFoundError for a missing rank, as the real one
             pass
-        meta = _standin.read_plan_meta(plan)
-        if meta is None:
-            raise _refuse(f"{plan}: the file is not a TensorRT engine plan (magic tag does not match)")
-        if meta["tensorrt_version"] != tensorrt.__version__:
-            raise _refuse("The engine plan file is not compatible with this version of TensorRT, expecting library "
-                          f"version {tensorrt.__version__} got {meta['tensorrt_version']}, please rebuild.")
-        if meta["compute_capability"] != device["compute_cap"]:
-            raise _refuse("The engine plan file is generated on an incompatible device, expecting compute "
-                          f"{device['compute_cap']} got compute {meta['compute_capability']}, please rebuild.")
+        meta = deserialize(plan, device)
         if meta["rank"] != rank:
             raise _refuse(f"{plan} holds rank {meta['rank']}, not rank {rank}")
         if meta.get("weights_stripped"):
