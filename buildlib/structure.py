@@ -79,11 +79,11 @@ def recorded_key(fields: dict[str, Any], record: dict[str, Any]) -> str | None:
     """The structure key a manifest's record vouches for, recomputed from its fields and file entries (an
     entry from a shared store is trusted only if they agree); None when there is none or it disagrees."""
     try:
-        files = {r: (int(v[0]), str(v[1])) for r, v in record["files"].items()}
-        skey = structure_key(fields, merkle(files))
+        digest = merkle({r: (int(v[0]), str(v[1])) for r, v in record["files"].items()})
+        skey = structure_key(fields, digest)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError):
         return None
-    return skey if skey == record.get("key") and merkle(files) == record.get("digest") else None
+    return skey if skey == record.get("key") and digest == record.get("digest") else None
 
 
 def structure_reasons(old: dict[str, Any], new: CheckpointStructure) -> list[str]:

@@ -216,3 +216,25 @@ def test_refit_with_strip_plan_false_is_refused_at_plan_time(tmp_path, standins)
     r = doit(tmp_path, "plan", env=standins())
     assert r.returncode == 2 and "models.yaml:10" in r.stderr and "strip_plan" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_structure_record_is_trusted_only_if_it_recomputes(tmp_path):
+    """A manifest (a store entry's too) vouches for a structure key only if its fields and file entries hash to it:
+    an edited record cannot make a structural change pass for a weights-only one."""
+    from buildlib.hashing import tree_digest
+    from buildlib.structure import checkpoint_structure, recorded_key, structure_reasons, structure_record
+
+    ckpt = write_hf_checkpoint(tmp_path / "ckpt", shards=1)
+    fields = {"backend": "trtllm", "checkpoint": "x", "build": {"max_batch_size": 8}}
+    rec = structure_record(fields, checkpoint_structure(ckpt, tree_digest(ckpt).files))
+    assert recorded_key(fields, rec) == rec["key"]
+    assert recorded_key({**fields, "build": {"max_batch_size": 9}}, rec) is None  # other fields
+    edited = {**rec, "files": {**rec["files"], "config.json": [1, "0" * 32]}}
+    assert recorded_key(fields, edited) is None
+    assert recorded_key(fields, {"key": rec["key"]}) is None
+    new_weights(ckpt, seed=3)  # bytes only: the structure is the same
+    assert checkpoint_structure(ckpt, tree_digest(ckpt).files).digest == rec["digest"]
+    write_safetensors(ckpt / "model-00001-of-00001.safetensors", {"other.name": b"x" * 16})
+    got = checkpoint_structure(ckpt, tree_digest(ckpt).files)
+    assert structure_reasons(rec, got) == \
+        ["checkpoint model-00001-of-00001.safetensors tensors changed (names, dtypes, shapes or header metadata)"]

@@ -224,6 +224,23 @@ def test_keys_and_remove(store: Store, tmp_path: Path) -> None:
     pull_and_verify(store, KEY2, b, tmp_path)
 
 
+def test_structure_notes_name_a_published_entry(store: Store, tmp_path: Path) -> None:
+    """by_structure (refit, #14): the last noted entry of a structure, only while it is published; notes are not keys."""
+    skey = "f" * 32
+    assert store.by_structure(skey) is None
+    a = make_engine(tmp_path / "a", KEY, big=1024)
+    assert store.push(KEY, a)
+    store.note_structure(skey, KEY)
+    assert store.by_structure(skey) == KEY and list(store.keys()) == [KEY]
+    store.note_structure(skey, KEY2)  # noted but never pushed: not a source
+    assert store.by_structure(skey) is None
+    store.note_structure(skey, KEY)
+    store.remove(KEY)
+    assert store.by_structure(skey) is None
+    with pytest.raises(ValueError):
+        store.note_structure("../escape", KEY)
+
+
 def test_push_refuses_a_dir_that_is_not_that_engine(store: Store, tmp_path: Path) -> None:
     src = make_engine(tmp_path / "engine")
     with pytest.raises(ValueError, match="is for key"):
