@@ -225,7 +225,7 @@ def test_keys_and_remove(store: Store, tmp_path: Path) -> None:
 
 
 def test_structure_notes_name_a_published_entry(store: Store, tmp_path: Path) -> None:
-    """by_structure (refit, #14): the last noted entry of a structure, only while it is published; notes are not keys."""
+    """by_structure (refit, #14): the last noted entry of a structure, while it is published; notes are no keys."""
     skey = "f" * 32
     assert store.by_structure(skey) is None
     a = make_engine(tmp_path / "a", KEY, big=1024)
