@@ -315,6 +315,8 @@ class Planner:
                 for s, hit in zip(ask, pool.map(lambda s: store.has(s.key), ask), strict=True):
                     s.store = hit
                 refit = [s for s in ask if not s.store and s.refit_of is None and s.engine.model.refit and s.fields]
+                for model in {s.engine.model for s in refit}:
+                    self.structure(model)  # read here, once per checkpoint; the pool only asks the store
                 for s, found in zip(refit, pool.map(self.store_refit_source, refit), strict=True):
                     s.refit_store = found
         return states
