@@ -15,6 +15,7 @@ from .engine import Engine
 from .errors import BackendUnavailable, SpecError, Where
 from .gpu import Host, detect_host
 from .hashing import TreeDigest, tree_digest, tree_digests
+from .isa import host_isa
 from .key import diff_fields, key_of
 from .manifest import (
     MANIFEST,
@@ -99,6 +100,11 @@ class Planner:
         return self._host
 
     @property
+    def cpu_isa(self) -> str:
+        """This host's CPU ISA tier (names `cpu` engines), read from the CPU flags: no GPU probe."""
+        return self._host.cpu_isa if self._host is not None else host_isa()
+
+    @property
     def store(self) -> Store | None:
         """The shared engine store (models.yaml `store:` or BUILDLIB_STORE), opened on first use."""
         if self._store is False:
@@ -115,7 +121,7 @@ class Planner:
             self._engines = []
             for m in self.spec.models:
                 backend = get_backend(m.backend)
-                archs = dict.fromkeys(a if GPU_ARCH_RE.fullmatch(a) else backend.expand_arch(a, self.host)
+                archs = dict.fromkeys(a if GPU_ARCH_RE.fullmatch(a) else backend.expand_arch(a, self.cpu_isa)
                                       for a in m.archs)
                 self._engines.extend(Engine(m, a, tp, pp) for a in archs for tp, pp in m.parallel)
         return list(self._engines)

@@ -137,3 +137,24 @@ def test_hash_file_buffer_boundaries(tmp_path: Path):
         data = os.urandom(n)
         p.write_bytes(data)
         assert hash_file(p, buf_size=4096) == xxhash.xxh3_128_hexdigest(data)
+
+
+def test_naming_cpu_engines_runs_no_gpu_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`cpu` engines are named for this host's ISA from the CPU flags; nvidia-smi is probed only where an engine's
+    GPU arch must be checked against the host (#15: a no-op over fresh engines never starts it)."""
+    from buildlib.isa import host_isa
+    from buildlib.plan import Planner
+    from buildlib.spec import load_spec
+
+    (tmp_path / "models.yaml").write_text(
+        "defaults: {backend: aoti, dtype: float32}\nmodels:\n"
+        "  - {name: t, checkpoint: {generate: tinyllama, seed: 0}, archs: [cpu, sm90]}\n")
+
+    def probe() -> None:
+        raise AssertionError("nvidia-smi probed")
+
+    monkeypatch.setattr("buildlib.plan.detect_host", probe)
+    planner = Planner(load_spec(tmp_path / "models.yaml"))
+    assert [e.id for e in planner.engines()] == [f"t/{host_isa()}/tp1-pp1", "t/sm90/tp1-pp1"]
+    with pytest.raises(AssertionError, match="probed"):
+        planner.host  # noqa: B018 - a blocked/missing check does probe, once

@@ -65,8 +65,8 @@ class AotiBackend(Backend):
             raise SpecError("aoti does not quantize; remove `quantization:` or use backend: trtllm",
                             field="quantization")
 
-    def expand_arch(self, arch: str, host: Host) -> str:
-        return host.cpu_isa if arch == "cpu" else arch
+    def expand_arch(self, arch: str, cpu_isa: str) -> str:
+        return cpu_isa if arch == "cpu" else arch
 
     def toolchain(self) -> dict[str, str | None]:
         torch = dist_version("torch")

@@ -91,8 +91,8 @@ class Backend(ABC):
     def check_model(self, model: ModelSpec) -> None:  # noqa: B027 - optional hook, most backends accept all
         """Reject models this backend cannot build (SpecError with field set)."""
 
-    def expand_arch(self, arch: str, host: Host) -> str:
-        """A models.yaml arch -> the concrete arch an engine is built for."""
+    def expand_arch(self, arch: str, cpu_isa: str) -> str:
+        """A models.yaml arch -> the concrete arch an engine is built for (cpu_isa: this host's, buildlib.isa)."""
         return arch
 
     @abstractmethod
