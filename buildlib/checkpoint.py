@@ -27,23 +27,7 @@ class BadCheckpoint(UserError):
 
 def safetensors_header(path: Path) -> tuple[dict, int]:
     """A shard's parsed header and the offset of its data section (8 + header length); only the header is read.
-    Raises OSError, or ValueError for a file that is not a safetensors shard."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ValueError(f"{path}: not a safetensors file")
-        (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER:
-            raise ValueError(f"{path}: safetensors header too large")
-        header = json.loads(f.read(n))
-    if not isinstance(header, dict):
-        raise ValueError(f"{path}: safetensors header is not a JSON object")
-    return header, 8 + n
-
-
-def check_safetensors(path: Path) -> None:
-    """The header of one shard: u64-LE length, a JSON object of {name: {dtype, shape, data_offsets}}, with
-    offsets that tile the data exactly up to the end of the file (what safetensors' safe_open checks)."""
+    Raises OSError, or BadCheckpoint naming the file when it is not a safetensors shard."""
     with open(path, "rb") as f:
         size = f.seek(0, 2)
         f.seek(0)
@@ -60,6 +44,14 @@ def check_safetensors(path: Path) -> None:
         raise BadCheckpoint(f"{path}: safetensors header is not valid JSON") from None
     if not isinstance(header, dict):
         raise BadCheckpoint(f"{path}: safetensors header is not a JSON object")
+    return header, 8 + n
+
+
+def check_safetensors(path: Path) -> None:
+    """The header of one shard: u64-LE length, a JSON object of {name: {dtype, shape, data_offsets}}, with
+    offsets that tile the data exactly up to the end of the file (what safetensors' safe_open checks)."""
+    header, start = safetensors_header(path)
+    size = path.stat().st_size
     spans = []
     for name, info in header.items():
         if name == "__metadata__":
@@ -76,8 +68,8 @@ def check_safetensors(path: Path) -> None:
         if begin != end or stop < begin:
             raise BadCheckpoint(f"{path}: safetensors tensors overlap or leave gaps (at byte {begin})")
         end = stop
-    if 8 + n + end != size:
-        raise BadCheckpoint(f"{path}: safetensors header describes {8 + n + end} bytes, the file has {size}")
+    if start + end != size:
+        raise BadCheckpoint(f"{path}: safetensors header describes {start + end} bytes, the file has {size}")
 
 
 def check_checkpoint(root: Path, files: list[str], trust_remote_code: bool) -> None:

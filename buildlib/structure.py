@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import safetensors_header
+from .checkpoint import BadCheckpoint, safetensors_header
 from .hashing import merkle
 from .key import diff_fields, key_of
 
@@ -54,7 +54,7 @@ def checkpoint_structure(root: Path, files: dict[str, tuple[int, str]]) -> Check
     for rel, (size, digest) in files.items():
         entry = (size, digest)
         if rel.endswith(WEIGHT_SUFFIX):
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
+            with contextlib.suppress(OSError, ValueError, BadCheckpoint, KeyError, TypeError, AttributeError):
                 entry = (0, _header_digest(root / rel))
         entries[rel] = entry
     try:

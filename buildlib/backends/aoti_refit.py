@@ -19,7 +19,7 @@ import json
 import os
 from pathlib import Path
 
-from ..checkpoint import safetensors_header
+from ..checkpoint import BadCheckpoint, safetensors_header
 
 PREFIX = "inner."  # aoti_worker._logits_only wraps the Hugging Face model as `inner`
 CHUNK = 8 << 20
@@ -42,7 +42,7 @@ def fast_refit(old_weights: Path, checkpoint: Path, out: Path) -> str | None:
     try:
         want, _ = safetensors_header(old_weights)
         have = _index(checkpoint)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, BadCheckpoint) as e:
         return f"cannot read the weights' headers ({e})"
     plan: list[tuple[str, dict, Path, int]] = []
     offset = 0
