@@ -87,7 +87,7 @@ class ModelSpec:
     line: int | None = None
     trust_remote_code: bool = False  # allow checkpoints with custom code (auto_map) or pickle weights
     triton: tuple[tuple[str, str | int | float | bool], ...] = ()  # Triton config.pbtxt values (buildlib.triton)
-    refit: bool = False  # engines built refittable; a weights-only checkpoint change is refitted (buildlib.refit)
+    refit: bool = False  # engines built refittable; a weights-only change is refitted (buildlib.structure)
 
     @property
     def build_options(self) -> dict[str, Any]:
@@ -300,22 +300,17 @@ def _model(doc: YamlDoc, root: Path, defaults: dict, entry: dict, where: tuple, 
             raise doc.error(at("build"), "must be a mapping of build options")
     # Per-key override: a model's `build:` refines the defaults' `build:`.
     build_raw = {**(defaults.get("build") or {}), **(entry.get("build") or {})}
+    refit = m.get("refit", False)
+    if not isinstance(refit, bool):
+        raise doc.error(at("refit"), f"must be true or false; got {refit!r}")
     try:
         build = backend.resolve_build(build_raw)
+        if refit:
+            build = backend.resolve_refit(build, build_raw)
     except SpecError as e:
         key = e.field or ""
         src = where if key in (entry.get("build") or {}) else ("defaults",)
         raise doc.error(src + ("build",) + ((key,) if key in build_raw else ()), e.message) from None
-    refit = m.get("refit", False)
-    if not isinstance(refit, bool):
-        raise doc.error(at("refit"), f"must be true or false; got {refit!r}")
-    if refit:
-        try:
-            build = backend.resolve_refit(build, build_raw)
-        except SpecError as e:
-            key = e.field or ""
-            src = where if key in (entry.get("build") or {}) else ("defaults",)
-            raise doc.error(src + ("build",) + ((key,) if key in build_raw else ()), e.message) from None
     quant = _quant(doc, at("quantization"), m.get("quantization"))
     gpu_name = m.get("gpu_name")
     if gpu_name is not None and (not isinstance(gpu_name, str) or not gpu_name.strip()):

@@ -4,7 +4,7 @@ The engine key stays the hash of every field. Its *structure* is the same fields
 content digest replaced by the checkpoint's structure digest: config.json and every other non-weight file
 by content, and each safetensors shard by its header only (every tensor's name, dtype and shape, and the
 header's metadata), never by its tensor bytes. Two engines whose structure keys are equal differ in their
-weights alone, so a refittable one can be turned into the other by refit instead of a build (buildlib.refit).
+weights alone, so a refittable one can be turned into the other by refit instead of a build (steps.build).
 
 Optimization: the structure is computed only where it is needed (writing a manifest, and deciding why a
 stale engine is stale), never on a no-op: the key itself does not depend on it. Reading it costs one
