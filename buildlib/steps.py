@@ -233,7 +233,7 @@ def _refit(planner: Planner, engine: Engine, st: EngineState, converted: Path | 
     dest = engine.dir(project)
     source_key = st.refit_of or st.refit_store
     assert source_key is not None
-    where = "the engine here" if st.refit_of else f"{planner.store.url if planner.store else 'the store'}"
+    where = "the engine here" if st.refit_of else planner.store.url if planner.store else "the store"
     with _slots(planner, engine, backend.refit_gpus(engine), gpus, priority, f"build:{engine.id}") as held, \
             progress.step(project.work_dir, f"build:{engine.id}", "refit", [g.index for g in held], priority):
         say(f"refitting {engine.id} (weights only) from {where}, key {source_key}"

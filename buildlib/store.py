@@ -505,13 +505,16 @@ class S3Store(Store):
                 return None
             raise
 
+    def _note(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
     def _get_note(self, name: str) -> bytes | None:
         with self._errors("reading a note"):
-            return self._get_small(f"{self.prefix}/{name}" if self.prefix else name)
+            return self._get_small(self._note(name))
 
     def _put_note(self, name: str, data: bytes) -> None:
         with self._errors("writing a note"):
-            self.client.put_object(Bucket=self.bucket, Key=f"{self.prefix}/{name}" if self.prefix else name, Body=data)
+            self.client.put_object(Bucket=self.bucket, Key=self._note(name), Body=data)
 
     def _ref(self, key: str) -> dict[str, Any] | None:
         data = self._get_small(self._base(key) + REF)

@@ -108,12 +108,11 @@ class AotiBackend(Backend):
         except OSError as err:
             raise BuildFailed(f"refit:{e.id}: cannot copy {source / PACKAGE}: {err.strerror}") from None
         why = fast_refit(source / WEIGHTS, job.checkpoint, job.out_dir / WEIGHTS)
-        if why is None:
-            with open(job.log, "a") as log:
-                log.write(f"refit: copied the new weights from {job.checkpoint} (same names, dtypes, shapes)\n")
-            return
         with open(job.log, "a") as log:
-            log.write(f"refit: {why}; loading the checkpoint with transformers instead\n")
+            log.write(f"refit: copied the new weights from {job.checkpoint} (same names, dtypes, shapes)\n"
+                      if why is None else f"refit: {why}; loading the checkpoint with transformers instead\n")
+        if why is None:
+            return
         run_worker("buildlib.backends.aoti_worker", {**self._request(job, "refit"),
                                                      "source_weights": str(source / WEIGHTS)},
                    job.log, f"refit:{e.id}", cwd=job.work_dir)

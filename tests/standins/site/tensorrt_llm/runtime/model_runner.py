@@ -92,6 +92,7 @@ class ModelRunner:
                  medusa_choices: list[list[int]] | None = None, stream: Any = None, gpu_weights_percent: float = 1,
                  enable_context_fmha_fp32_acc: bool | None = None, multi_block_mode: bool | None = None,
                  fail_fast_on_attention_window_too_large: bool = False) -> ModelRunner:
+        import tensorrt  # noqa: F401 - the real runtime needs TensorRT before it reads anything
 
         if os.environ.get("STANDIN_RUNNER_SIGSEGV"):
             os.kill(os.getpid(), signal.SIGSEGV)
