@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -63,6 +64,19 @@ def plan(cwd: Path, env: dict[str, str] | None = None) -> dict[str, dict]:
     r = doit(cwd, "plan", "--json", env=env)
     assert r.returncode == 0, r.stderr + r.stdout
     return {e["engine"]: e for e in json.loads(r.stdout)}
+
+
+def copy_built(built: Path, env: dict[str, str], tmp_path: Path,
+               logs: tuple[str, ...] = ("STANDIN_TRTLLM_LOG",)) -> tuple[Path, dict[str, str]]:
+    """A test's own copy (tmp_path/repo) of a repo built once per module (engines, converted checkpoints, stat
+    cache, doit db) and of the stand-in logs its env names in `logs`: a copied tree is judged by its manifests
+    like any other, and each test counts only its own tool runs."""
+    root = tmp_path / "repo"
+    shutil.copytree(built, root, symlinks=True)
+    copies = {var: str(tmp_path / Path(env[var]).name) for var in logs}
+    for var, dest in copies.items():
+        shutil.copy(env[var], dest)
+    return root, {**env, **copies}
 
 
 def trtllm_log(env: dict[str, str]) -> list[dict]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from buildlib.ci import assign_shards
-from tests.conftest import LOADER_PYPROJECT, built_engines, doit, plan, write_hf_checkpoint
+from tests.conftest import LOADER_PYPROJECT, built_engines, copy_built, doit, plan, write_hf_checkpoint
 
 MODELS = ["m0", "m1", "m2", "m3", "m4", "crashy"]
 HEAD = """\
@@ -71,10 +70,7 @@ def _fleet_built(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 @pytest.fixture
 def built_fleet(tmp_path: Path, _fleet_built) -> tuple[Path, dict[str, str]]:
     """Each test's own copy of the built fleet and of its build log."""
-    built, env = _fleet_built
-    shutil.copytree(built, tmp_path / "repo", symlinks=True)
-    shutil.copy(env["STANDIN_TRTLLM_LOG"], tmp_path / "trtllm-build.log")
-    return tmp_path / "repo", {**env, "STANDIN_TRTLLM_LOG": str(tmp_path / "trtllm-build.log")}
+    return copy_built(*_fleet_built, tmp_path)
 
 
 def _ok(r) -> str:

@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import (
     LOADER_PYPROJECT,
+    copy_built,
     doit,
     plan,
     trtllm_log,
@@ -70,14 +71,7 @@ def _built(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 @pytest.fixture
 def project(tmp_path: Path, _built) -> tuple[Path, dict[str, str]]:
-    built, env = _built
-    root = tmp_path / "repo"
-    shutil.copytree(built, root, symlinks=True)
-    logs = {}
-    for name in ("STANDIN_TRTLLM_LOG", "STANDIN_TRTLLM_REFIT_LOG"):
-        logs[name] = str(tmp_path / Path(env[name]).name)
-        shutil.copy(env[name], logs[name])
-    return root, {**env, **logs}
+    return copy_built(*_built, tmp_path, logs=("STANDIN_TRTLLM_LOG", "STANDIN_TRTLLM_REFIT_LOG"))
 
 
 def manifest(root: Path, engine: str) -> dict:

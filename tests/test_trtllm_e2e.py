@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOADER_PYPROJECT, built_engines, doit, plan, trtllm_log, write_hf_checkpoint
+from tests.conftest import LOADER_PYPROJECT, built_engines, copy_built, doit, plan, trtllm_log, write_hf_checkpoint
 
 MODELS = """\
 defaults:
@@ -56,12 +56,7 @@ def _built(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 def project(tmp_path: Path, _built) -> tuple[Path, dict[str, str]]:
     """Each test's own copy of the built fleet (engines, converted checkpoints, stat cache, doit db) and of
     the stand-in build log: a copied tree is judged by its manifests like any other."""
-    built, env = _built
-    root = tmp_path / "repo"
-    shutil.copytree(built, root, symlinks=True)
-    log = tmp_path / "trtllm-build.log"
-    shutil.copy(env["STANDIN_TRTLLM_LOG"], log)
-    return root, {**env, "STANDIN_TRTLLM_LOG": str(log)}
+    return copy_built(*_built, tmp_path)
 
 
 def _converted(root: Path) -> list[Path]:
