@@ -61,9 +61,17 @@ def own_processes(tag: str) -> set[int]:
 
 
 def stop(tag: str) -> None:
-    """SIGKILL the cluster's processes, then wait (pidfd, bounded) until each has exited."""
+    """Stop the cluster's processes all at once, as a machine that is gone: SIGSTOP every one (until no new one
+    appears), so none sees another die and reacts (a worker whose builder was killed first would report a
+    failed build, not a lost node), then SIGKILL them and wait (pidfd, bounded) until each has exited."""
+    frozen: set[int] = set()
+    while new := own_processes(tag) - frozen:
+        for pid in new:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        frozen |= new
     fds = []
-    for pid in own_processes(tag):
+    for pid in frozen:
         with contextlib.suppress(ProcessLookupError):
             fds.append(os.pidfd_open(pid))
             os.kill(pid, signal.SIGKILL)
