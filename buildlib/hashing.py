@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import mmap
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,7 @@ import xxhash
 
 from .errors import UserError
 from .key import canonical_json
-from .statcache import StatCache, identity
+from .statcache import StatCache, identity, settled, signature, stats_of
 
 BUF_SIZE = 8 << 20  # 8 MiB reads: large enough to run at disk speed, small enough to bound memory.
 _BUFS = threading.local()
@@ -95,19 +97,23 @@ def _kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
-def list_files(root: Path) -> list[Path]:
+def list_files(root: Path, dirs: list[tuple[str, os.stat_result]] | None = None) -> list[Path]:
     """Every regular file under root, sorted, skipping dot-entries such as .git/ or .cache/ that do not
     shape a model. Links to regular files and dirs are followed (a Hugging Face cache snapshot is links
     into its blob store); anything else is a BadInputFile naming the path, found without opening it
     (a FIFO would block a reader forever): FIFOs, sockets, devices, dangling links, and directory loops
-    (a link to a dir being walked)."""
+    (a link to a dir being walked). `dirs`, if given, gets each dir walked (root first) with its stat,
+    links followed, taken before it was listed."""
     files: list[Path] = []
     top = os.stat(root)
-    _walk(os.fspath(root), {(top.st_dev, top.st_ino)}, files)
+    if dirs is not None:
+        dirs.append((os.fspath(root), top))
+    _walk(os.fspath(root), {(top.st_dev, top.st_ino)}, files, dirs)
     return files
 
 
-def _walk(d: str, ancestors: set[tuple[int, int]], out: list[Path]) -> None:
+def _walk(d: str, ancestors: set[tuple[int, int]], out: list[Path],
+          dirs: list[tuple[str, os.stat_result]] | None) -> None:
     try:
         entries = sorted((e for e in os.scandir(d) if not e.name.startswith(".")), key=lambda e: e.name)
     except OSError as e:
@@ -133,7 +139,9 @@ def _walk(d: str, ancestors: set[tuple[int, int]], out: list[Path]) -> None:
             ident = (st.st_dev, st.st_ino)
             if ident in ancestors:
                 raise BadInputFile(f"{e.path} links back to a directory that contains it (a directory loop)")
-            _walk(e.path, ancestors | {ident}, out)
+            if dirs is not None:
+                dirs.append((e.path, st))
+            _walk(e.path, ancestors | {ident}, out, dirs)
         else:
             raise BadInputFile(f"{e.path} is {_kind(mode)}; an input dir may hold only regular files, dirs "
                                "and links to them")
@@ -157,13 +165,43 @@ def tree_digest(root: Path, cache: StatCache | None = None) -> TreeDigest:
 
 
 def tree_digests(roots: list[Path], cache: StatCache | None = None) -> dict[Path, TreeDigest]:
-    """tree_digest of each root, with all their files in one digest_files call: one batched stat-cache
-    lookup for a whole fleet's checkpoints, and new files hashed in parallel across checkpoints."""
-    listed = {root: list_files(root) for root in roots}
-    got = digest_files([p for paths in listed.values() for p in paths], cache)
-    out = {}
+    """tree_digest of each root. With a cache, a root whose tree stamp still holds costs the stats of its
+    dirs and files and nothing else: no listing, no per-file lookup, no Merkle hash (1,000 checkpoints of 8
+    shards: ~0.1 s instead of ~0.45 s). The rest are listed and their files digested in one digest_files call
+    (one batched stat-cache lookup, new files hashed in parallel across checkpoints), then stamped."""
+    out: dict[Path, TreeDigest] = {}
+    stamps = cache.tree_stamps([os.fspath(r) for r in roots]) if cache is not None and roots else {}
+    for root in roots:
+        got = stamps.get(os.fspath(root))
+        if got is not None and signature(stats_of(os.fspath(root), got[2])) == got[3]:
+            out[root] = TreeDigest(got[0], {r: (s, d) for r, (s, d) in json.loads(got[1]).items()})
+    todo = [r for r in roots if r not in out]
+    dirs: dict[Path, list[tuple[str, os.stat_result]]] = {r: [] for r in todo}
+    listed = {root: list_files(root, dirs[root]) for root in todo}
+    files = [p for paths in listed.values() for p in paths]
+    before = {p: os.stat(p) for p in files} if cache is not None else {}  # the stamp's stats: before the reads
+    got_files = digest_files(files, cache)
+    rows = []
     for root, paths in listed.items():
         cut = len(root.as_posix().rstrip("/")) + 1  # list_files yields root/...: slicing is Path.relative_to, faster
-        files = {p.as_posix()[cut:]: got[p] for p in paths}
-        out[root] = TreeDigest(merkle(files), files)
+        entries = {p.as_posix()[cut:]: got_files[p] for p in paths}
+        out[root] = tree = TreeDigest(merkle(entries), entries)
+        if cache is not None:
+            rows += _tree_stamp(root, tree, [(d[cut:] or ".", st) for d, st in dirs[root]],
+                                [(p.as_posix()[cut:], before[p]) for p in paths])
+    if cache is not None:
+        cache.store_tree_stamps(rows)
     return out
+
+
+def _tree_stamp(root: Path, tree: TreeDigest, dirs: list[tuple[str, os.stat_result]],
+                files: list[tuple[str, os.stat_result]]) -> list[tuple[str, str, str, tuple[str, ...], str]]:
+    """The tree stamp of a root just digested ([] if it may not be trusted later): the stats of its dirs
+    (taken before each was listed: an entry added, removed or renamed changes a dir's mtime) and of its
+    files (taken before they were read), kept only if none changed by now and none is racy (statcache.settled)."""
+    names = tuple(n for n, _ in dirs + files)
+    sig = signature(st for _, st in dirs + files)
+    now = time.time_ns()
+    if sig != signature(stats_of(os.fspath(root), names)) or not all(settled(st, now) for _, st in dirs + files):
+        return []
+    return [(os.fspath(root), tree.digest, canonical_json(tree.files), names, sig)]

@@ -3,18 +3,54 @@
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring  # how canonical_json quotes a str
 from typing import Any
 
 import xxhash
 
+# json.dumps with options builds a new JSONEncoder per call; the planner encodes ~20,000 objects per 10,000 engines.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
 
 def canonical_json(obj: Any) -> str:
     """Sorted keys, no whitespace, UTF-8: the same fields give the same bytes on every host."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(obj)
 
 
 def key_of(fields: dict[str, Any]) -> str:
     return xxhash.xxh3_128_hexdigest(canonical_json(fields).encode())
+
+
+class KeyTemplate:
+    """key_of(fields) for many field dicts that share every top-level field but a few (`own`): the canonical
+    JSON of the shared ones is made once, and a key costs the JSON of the own ones, a join and one hash. The
+    same bytes as canonical_json(fields): sorted keys and fixed separators make a dict's JSON the join of its
+    members' JSON. The planner makes one per model, so a no-op over 10,000 engines does not re-encode each
+    engine's ~60 build options."""
+
+    def __init__(self, shared: dict[str, Any], own: tuple[str, ...]):
+        assert not shared.keys() & set(own), "a field is either shared or own"
+        self.own = own
+        self._pieces: list[str] = []  # the JSON between the own fields' values, in key order
+        self._order: list[int] = []  # which own field goes into each gap
+        text = "{"
+        for k in sorted([*shared, *own]):
+            text += ("," if text != "{" else "") + f"{encode_basestring(k)}:"
+            if k in shared:
+                text += canonical_json(shared[k])
+            else:
+                self._pieces.append(text)
+                self._order.append(own.index(k))
+                text = ""
+        self._pieces.append(text + "}")
+
+    def key(self, *values: Any) -> str:
+        """The key of the shared fields plus the own ones, given in `own` order."""
+        pieces = self._pieces
+        body = [pieces[0]]
+        for i, slot in enumerate(self._order):
+            body += (canonical_json(values[slot]), pieces[i + 1])
+        return xxhash.xxh3_128_hexdigest("".join(body).encode())
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

@@ -221,10 +221,11 @@ def group_names(planner: Planner) -> list[str]:
     models = planner.spec.models
     converts = any(get_backend(m.backend).has_convert for m in models)
     serves = _serves(planner)
+    archs = dict.fromkeys(e.arch for e in planner.engines())
+    cpu = any(not GPU_ARCH_RE.fullmatch(a) for a in archs)
     return list(dict.fromkeys(["engines", *(["convert"] if converts else []), "build", "validate",
                                *(["triton"] if serves else []),
-                               *(m.name for m in models), *(["cpu"] if any(map(_on_cpu, planner.engines())) else []),
-                               *(e.arch for e in planner.engines())]))
+                               *(m.name for m in models), *(["cpu"] if cpu else []), *archs]))
 
 
 @dataclass
@@ -257,7 +258,7 @@ def task_dicts(planner: Planner, left_out: LeftOut | None = None) -> Iterator[di
     makespan stays near max(total GPU-seconds / GPUs, longest build).
     """
     project = planner.spec.project
-    states = dict(zip(planner.engines(), planner.states(), strict=True))
+    states = list(zip(planner.engines(), planner.states(), strict=True))  # pairs: an Engine hashes its whole model
     # Engines this host cannot build are left out only when nothing could make them: no store to restore
     # them from, no Ray cluster to build them on.
     no_store = left_out is not None and planner.store is None and ray_exec.address() is None
@@ -277,9 +278,9 @@ def task_dicts(planner: Planner, left_out: LeftOut | None = None) -> Iterator[di
                    "uptodate": [CheckpointReady(checkpoint_dir(planner.spec, model))]}
     # A conversion is needed only while some engine built from it must be (re)built here.
     convert_needed: dict[str, bool] = {}
-    for e, st in states.items():
+    for e, st in states:
         convert_needed[e.convert_id] = convert_needed.get(e.convert_id, False) or st.state in (STALE, MISSING)
-    for engine, st in states.items():
+    for engine, st in states:
         model = engine.model
         deps = [f"checkpoint:{model.name}"] if model.name in generate else []
         needed = convert_needed.get(engine.convert_id, False)

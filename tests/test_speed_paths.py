@@ -158,3 +158,107 @@ def test_naming_cpu_engines_runs_no_gpu_probe(tmp_path: Path, monkeypatch: pytes
     assert [e.id for e in planner.engines()] == [f"t/{host_isa()}/tp1-pp1", "t/sm90/tp1-pp1"]
     with pytest.raises(AssertionError, match="probed"):
         planner.host  # noqa: B018 - a blocked/missing check does probe, once
+
+
+
+def test_key_template_gives_key_of():
+    """KeyTemplate (a model's shared fields encoded once) makes exactly key_of's bytes, whichever fields are own."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from buildlib.key import KeyTemplate, key_of
+
+    leaf = st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.floats(allow_nan=False,
+                                                                                   allow_infinity=False)
+    value = st.recursive(leaf, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=5), kids,
+                                                                                          max_size=3), max_leaves=8)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.dictionaries(st.text(max_size=6), value, min_size=1, max_size=6), st.data())
+    def check(fields: dict, data: st.DataObject) -> None:
+        own = tuple(data.draw(st.lists(st.sampled_from(sorted(fields)), unique=True)))
+        shared = {k: v for k, v in fields.items() if k not in own}
+        assert KeyTemplate(shared, own).key(*(fields[k] for k in own)) == key_of(fields)
+
+    check()
+
+
+def _tree(root: Path) -> None:
+    (root / "sub").mkdir(parents=True)
+    (root / "a.safetensors").write_bytes(b"a" * 1000)
+    (root / "sub" / "b.bin").write_bytes(b"b" * 10)
+
+
+def test_tree_stamp_skips_listing_and_hashing_until_something_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A checkpoint's tree stamp (#15) proves its digest with stats alone; each kind of change is noticed."""
+    from buildlib import hashing
+    from buildlib.hashing import tree_digest
+
+    monkeypatch.setattr("buildlib.statcache.RACY_NS", 0)  # the files here were written just now
+    root, outside = tmp_path / "ckpt", tmp_path / "outside"
+    _tree(root)
+    (outside / "deep").mkdir(parents=True)
+    (outside / "deep" / "c.bin").write_bytes(b"c")
+    (root / "linked").symlink_to(outside)  # a linked dir (a Hugging Face snapshot links into its blobs)
+    cache = StatCache(tmp_path / "c.sqlite")
+    first = tree_digest(root, cache)
+    assert set(first.files) == {"a.safetensors", "sub/b.bin", "linked/deep/c.bin"}
+
+    real_list = hashing.list_files
+    listed = []
+    monkeypatch.setattr(hashing, "list_files", lambda *a: listed.append(1) or real_list(*a))
+    again = tree_digest(root, cache)
+    assert again == first and listed == []  # the stamp held: no listing, no lookups, no hashing
+
+    def changed(what: str) -> str:
+        got = tree_digest(root, cache)
+        assert listed, f"{what}: the stamp still held"
+        listed.clear()
+        return got.digest
+
+    digests = {first.digest}
+    (root / "sub" / "b.bin").write_bytes(b"B" * 10)  # rewritten in place, same size
+    digests.add(changed("rewritten"))
+    (root / "sub" / "new.bin").write_bytes(b"n")
+    digests.add(changed("added in a subdir"))
+    (root / "sub" / "new.bin").unlink()
+    assert changed("removed") in digests
+    (outside / "deep" / "d.bin").write_bytes(b"d")  # inside a linked dir, two levels down
+    last = changed("added in a linked dir")
+    digests.add(last)
+    assert len(digests) == 4
+    (root / ".cache").mkdir()  # a dot-entry changes the dir's mtime, not the digest (dot-entries shape no model)
+    assert tree_digest(root, cache).digest == last
+
+
+def test_racy_tree_is_not_stamped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from buildlib import hashing
+    from buildlib.hashing import tree_digest
+
+    root = tmp_path / "ckpt"
+    _tree(root)  # written just now: within the racy window, a later change might not show in the stats
+    cache = StatCache(tmp_path / "c.sqlite")
+    first = tree_digest(root, cache)
+    real_list = hashing.list_files
+    listed = []
+    monkeypatch.setattr(hashing, "list_files", lambda *a: listed.append(1) or real_list(*a))
+    assert tree_digest(root, cache) == first and listed == [1]
+
+
+def test_each_checkpoint_is_hashed_once_however_many_engines_use_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """#15: two models on one checkpoint dir, 2 archs x 3 parallel configs each: every file hashed once per run."""
+    from buildlib import hashing
+    from buildlib.plan import Planner
+
+    write_hf_checkpoint(tmp_path / "ckpt/llama")
+    (tmp_path / "models.yaml").write_text(
+        "defaults: {backend: trtllm, archs: [sm90, sm80], parallel: [{tp: 1}, {tp: 2}, {tp: 4}]}\nmodels:\n"
+        "  - {name: a, checkpoint: ckpt/llama}\n  - {name: b, checkpoint: ckpt/llama, dtype: float16}\n")
+    hashed: list[str] = []
+    real = hashing.hash_file
+    monkeypatch.setattr(hashing, "hash_file", lambda p, *a: hashed.append(str(p)) or real(p, *a))
+    planner = Planner(load_spec(tmp_path / "models.yaml"))
+    assert len(planner.engines()) == 12
+    planner.states()
+    files = sorted(str(p) for p in hashing.list_files(tmp_path / "ckpt/llama"))
+    assert sorted(hashed) == files

@@ -99,11 +99,12 @@ class Backend(ABC):
     def toolchain(self) -> dict[str, str | None]:
         """Versions that shape the artifact; raise BackendUnavailable when it cannot build here."""
 
-    def engine_build(self, engine: Engine, architecture: str | None) -> dict[str, Any]:
-        """The build options this engine is built with, as the key records them. Most resolution happens
-        in resolve_build (options alone); this adds what depends on the model architecture
-        (`architecture`: the checkpoint's, or None when needs_architecture() said it is not needed)."""
-        return engine.model.build_options
+    def model_build(self, model: ModelSpec, architecture: str | None) -> dict[str, Any]:
+        """The build options every engine of the model is built with, as the key records them (the planner
+        asks once per model). Most resolution happens in resolve_build (options alone); this adds what depends
+        on the model architecture (`architecture`: the checkpoint's, or None when needs_architecture() said it
+        is not needed)."""
+        return model.build_options
 
     def needs_architecture(self, model: ModelSpec) -> bool:
         """Whether engine_build() depends on the checkpoint's model architecture (read from its config.json)."""

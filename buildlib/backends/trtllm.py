@@ -125,9 +125,9 @@ class TrtllmBackend(Backend):
     def needs_architecture(self, model: ModelSpec) -> bool:
         return needs_architecture(model.build_options)
 
-    def engine_build(self, engine: Engine, architecture: str | None) -> dict[str, Any]:
+    def model_build(self, model: ModelSpec, architecture: str | None) -> dict[str, Any]:
         try:
-            return resolve_for_model(engine.model.build_options, architecture)
+            return resolve_for_model(model.build_options, architecture)
         except OptionError as e:
             raise SpecError(e.message, field=f"build.{e.field}") from None
 
