@@ -5,7 +5,6 @@ from __future__ import annotations
 import heapq
 import json
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,6 +196,8 @@ def _xml_text(text: str) -> str:
 def junit_xml(results: Sequence[Result], name: str = "enginebuild") -> str:
     """JUnit XML: <testsuites> with one <testsuite> per task kind (build, validate); a testcase per
     result named `build:<engine>`; failures carry the log tail, skips the reason."""
+    import xml.etree.ElementTree as ET  # only when a JUnit report is written (~5 ms to import)
+
     root = ET.Element("testsuites", name=name)
     totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     total_time = 0.0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -32,18 +33,28 @@ def processes(n_items: int) -> int:
     return max(1, min(cores, 8, n_items // MIN_PER_PROCESS))
 
 
-def fan_out(items: Sequence[T], check: Callable[[T], Any]) -> list[Any]:
+def fan_out(items: Sequence[T], check: Callable[[T], Any], local_share: float = 1.0) -> list[Any]:
     """[check(item) for item in items], the items split into contiguous chunks over processes(): the first
     chunk in this process, the others in forked children that send back JSON. check's results must be
-    JSON values; where a child failed, its items' results are None (the caller's "could not tell")."""
+    JSON values; where a child failed, its items' results are None (the caller's "could not tell").
+    local_share < 1 makes this process's chunk that fraction of a child's, for a caller that has more to do
+    with every item's result afterwards (so that all processes finish together)."""
     n = processes(len(items))
     if n == 1:
         return [check(x) for x in items]
-    size = -(-len(items) // n)
-    chunks = [(i, min(i + size, len(items))) for i in range(0, len(items), size)]
+    first = max(1, round(len(items) * local_share / (local_share + n - 1)))
+    size = -(-(len(items) - first) // (n - 1))
+    chunks = [(0, first)] + [(i, min(i + size, len(items))) for i in range(first, len(items), size)]
     children = [_fork(items, lo, hi, check) for lo, hi in chunks[1:]]
-    lo, hi = chunks[0]
-    out = [check(x) for x in items[lo:hi]]
+    try:
+        lo, hi = chunks[0]
+        out = [check(x) for x in items[lo:hi]]
+    except BaseException:  # an error, or Ctrl-C / SIGTERM (buildlib.interrupt): the children go with it
+        for pid, fd in children:
+            os.kill(pid, signal.SIGKILL)
+            os.close(fd)
+            os.waitpid(pid, 0)
+        raise
     for (lo, hi), (pid, fd) in zip(chunks[1:], children, strict=True):
         out += _collect(pid, fd, hi - lo)
     return out

@@ -15,6 +15,7 @@ from pathlib import Path
 import xxhash
 
 from .errors import UserError
+from .fanout import fan_out
 from .key import canonical_json
 from .statcache import StatCache, identity, settled, signature, stats_of
 
@@ -171,10 +172,15 @@ def tree_digests(roots: list[Path], cache: StatCache | None = None) -> dict[Path
     (one batched stat-cache lookup, new files hashed in parallel across checkpoints), then stamped."""
     out: dict[Path, TreeDigest] = {}
     stamps = cache.tree_stamps([os.fspath(r) for r in roots]) if cache is not None and roots else {}
-    for root in roots:
+
+    def holds(root: Path) -> bool:  # reads only (buildlib.fanout may run it in a forked process)
         got = stamps.get(os.fspath(root))
-        if got is not None and signature(stats_of(os.fspath(root), got[2])) == got[3]:
-            out[root] = TreeDigest(got[0], {r: (s, d) for r, (s, d) in json.loads(got[1]).items()})
+        return got is not None and signature(stats_of(os.fspath(root), got[2])) == got[3]
+
+    for root, held in zip(roots, fan_out(roots, holds) if stamps else [False] * len(roots), strict=True):
+        if held:
+            digest, files = stamps[os.fspath(root)][:2]
+            out[root] = TreeDigest(digest, {r: (s, d) for r, (s, d) in json.loads(files).items()})
     todo = [r for r in roots if r not in out]
     dirs: dict[Path, list[tuple[str, os.stat_result]]] = {r: [] for r in todo}
     listed = {root: list_files(root, dirs[root]) for root in todo}

@@ -337,7 +337,8 @@ class Planner:
             with suppress(BackendUnavailable, SpecError):  # state() reports it
                 self._shared(model)
         out = []
-        for e, proven in zip(engines, fan_out(engines, self._stamped), strict=True):
+        # This process then makes an EngineState for every engine (~1/5 of a check's cost): its chunk is smaller.
+        for e, proven in zip(engines, fan_out(engines, self._stamped, local_share=0.7), strict=True):
             if proven is None:
                 out.append(self.state(e))
             else:

@@ -9,7 +9,6 @@ import fcntl
 import math
 import os
 import select
-import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -398,6 +397,8 @@ def recorded(engine_dir: Path, workers: int = 1) -> Estimate | None:
             others.append(got[0] * got[1] / max(1, workers))
     if not others:
         return None
+    import statistics  # ~6 ms to import: only when an estimate needs it
+
     return Estimate(statistics.median(others), "its model", len(others))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 import shutil
 import subprocess
@@ -42,6 +41,8 @@ class AotiBackend(Backend):
     def resolve_build(self, build: dict[str, Any]) -> dict[str, Any]:
         for k, v in build.items():
             if k not in BUILD_DEFAULTS:
+                import difflib  # only for a typo's suggestion
+
                 close = difflib.get_close_matches(k, list(BUILD_DEFAULTS), n=1)
                 hint = f"did you mean {close[0]!r}?" if close else f"aoti takes {', '.join(BUILD_DEFAULTS)}"
                 raise SpecError(f"unknown aoti build option; {hint}", field=k)
