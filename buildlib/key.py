@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
-from json.encoder import encode_basestring  # how canonical_json quotes a str
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 import xxhash
 
-# json.dumps with options builds a new JSONEncoder per call; the planner encodes ~20,000 objects per 10,000 engines.
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# The C encoder that _ENCODER.encode builds on every call (json.encoder.JSONEncoder.iterencode), built once:
+# the same bytes at ~half the cost (json.dumps with options also builds a JSONEncoder per call), and a no-op
+# over 10,000 engines encodes ~20,000 objects. markers=None: fields are never cyclic.
+_C_ENCODE = c_make_encoder(None, _ENCODER.default, encode_basestring, None, ":", ",", True, False, False) \
+    if c_make_encoder is not None else None
 
 
 def canonical_json(obj: Any) -> str:
     """Sorted keys, no whitespace, UTF-8: the same fields give the same bytes on every host."""
-    return _ENCODER.encode(obj)
+    return "".join(_C_ENCODE(obj, 0)) if _C_ENCODE is not None else _ENCODER.encode(obj)
 
 
 def key_of(fields: dict[str, Any]) -> str:

@@ -73,7 +73,7 @@ class EngineLoader(TaskLoader2):
         left_out: LeftOut | None = None
         if cmd.name == "run":
             groups = exit_on_user_error(lambda: group_names(planner_for(self.models)))
-            left_out = LeftOut() if set(pos_args) <= set(groups) else None
+            left_out = LeftOut(wanted=frozenset(pos_args or ["engines"])) if set(pos_args) <= set(groups) else None
         tasks = [dict_to_task({"name": d.pop("basename"), **d}) for d in dodo_tasks(self.models, left_out)]
         EngineReporter.left_out = left_out
         return tasks

@@ -38,7 +38,7 @@ class Stamp(NamedTuple):
 
     key: str
     validated: bool
-    names: tuple[str, ...]
+    names: str  # "\n"-joined, as stored: split only where the stamp is checked (buildlib.fanout's processes)
     sig: str
 
 
@@ -139,14 +139,14 @@ class StatCache:
     def stamps(self) -> dict[str, Stamp]:
         """Every engine stamp, in one query: a no-op over a fleet re-proves each fresh engine with
         stats alone, instead of parsing its manifest and validation.json and looking up each output."""
-        return {d: Stamp(k, bool(v), tuple(n.split("\n")), sig)
+        return {d: Stamp(k, bool(v), n, sig)
                 for d, k, v, n, sig in self._db.execute("SELECT dir, key, validated, names, sig FROM stamps")}
 
     def store_stamps(self, stamps: dict[str, Stamp]) -> None:
         if stamps:
             with self._lock:
                 self._db.executemany("INSERT OR REPLACE INTO stamps VALUES (?,?,?,?,?)",
-                                     [(d, s.key, int(s.validated), "\n".join(s.names), s.sig)
+                                     [(d, s.key, int(s.validated), s.names, s.sig)
                                       for d, s in stamps.items()])
 
     def tree_stamps(self, dirs: list[str]) -> dict[str, tuple[str, str, tuple[str, ...], str]]:

@@ -234,6 +234,7 @@ class LeftOut:
 
     done: list[str] = field(default_factory=list)  # fresh, and validated where validated
     blocked: dict[str, list[str]] = field(default_factory=dict)  # reason -> engines this host cannot build
+    wanted: frozenset[str] = frozenset({"engines"})  # the groups the run asked for: only they are made when empty
 
 
 def task_dicts(planner: Planner, left_out: LeftOut | None = None) -> Iterator[dict[str, Any]]:
@@ -277,13 +278,14 @@ def task_dicts(planner: Planner, left_out: LeftOut | None = None) -> Iterator[di
                    "actions": [(generate_action, [project, model])],
                    "uptodate": [CheckpointReady(checkpoint_dir(planner.spec, model))]}
     # A conversion is needed only while some engine built from it must be (re)built here.
-    convert_needed: dict[str, bool] = {}
-    for e, st in states:
-        convert_needed[e.convert_id] = convert_needed.get(e.convert_id, False) or st.state in (STALE, MISSING)
+    convert_needed = {e.convert_id for e, st in states if st.state in (STALE, MISSING)}
     for engine, st in states:
         model = engine.model
+        if left_out is not None and not serves and st.state == FRESH and (st.validated or not model.validate):
+            left_out.done.append(engine.id)  # nothing to do (checked first: a no-op over 10,000 engines is this)
+            continue
         deps = [f"checkpoint:{model.name}"] if model.name in generate else []
-        needed = convert_needed.get(engine.convert_id, False)
+        needed = engine.convert_id in convert_needed
         if get_backend(model.backend).has_convert and (needed or left_out is None):
             cname = f"convert:{engine.convert_id}"
             if cname not in groups["convert"]:
@@ -329,5 +331,7 @@ def task_dicts(planner: Planner, left_out: LeftOut | None = None) -> Iterator[di
             groups["cpu"].append(final)
         groups["engines"].append(final)
     for name, deps in groups.items():
+        if left_out is not None and not deps and name not in left_out.wanted:
+            continue  # an empty group no one asked for (a no-op over 1,000 models would hand doit 1,000)
         deps = order_longest_first(deps, key=lambda t: expected.get(t, 0.0))
         yield {"basename": name, "doc": f"group: {name}", "actions": None, "task_dep": deps}

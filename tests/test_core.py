@@ -89,7 +89,7 @@ def test_prune_forgets_entries_of_files_and_dirs_that_are_gone(tmp_path: Path, m
     edir.mkdir()
     cache = StatCache(tmp_path / "stat.sqlite")
     cache.store_many([(p, os.stat(p), "d") for p in (keep, gone)])
-    cache.store_stamps({str(edir): Stamp("k", True, ("manifest.json",), "-")})
+    cache.store_stamps({str(edir): Stamp("k", True, "manifest.json", "-")})
     gone.unlink()
     edir.rmdir()
     assert cache.prune() == 2

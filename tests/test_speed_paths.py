@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -162,11 +163,12 @@ def test_naming_cpu_engines_runs_no_gpu_probe(tmp_path: Path, monkeypatch: pytes
 
 
 def test_key_template_gives_key_of():
-    """KeyTemplate (a model's shared fields encoded once) makes exactly key_of's bytes, whichever fields are own."""
+    """KeyTemplate (a model's shared fields encoded once) makes exactly key_of's bytes, whichever fields are own;
+    canonical_json is json.dumps with the canonical options."""
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from buildlib.key import KeyTemplate, key_of
+    from buildlib.key import KeyTemplate, canonical_json, key_of
 
     leaf = st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.floats(allow_nan=False,
                                                                                    allow_infinity=False)
@@ -179,6 +181,9 @@ def test_key_template_gives_key_of():
         own = tuple(data.draw(st.lists(st.sampled_from(sorted(fields)), unique=True)))
         shared = {k: v for k, v in fields.items() if k not in own}
         assert KeyTemplate(shared, own).key(*(fields[k] for k in own)) == key_of(fields)
+        # canonical_json's one C encoder gives json.dumps' bytes: keys of engines built before it are unchanged
+        assert canonical_json(fields) == json.dumps(fields, sort_keys=True, separators=(",", ":"),
+                                                    ensure_ascii=False, allow_nan=False)
 
     check()
 
