@@ -110,6 +110,7 @@ class Planner:
         self._new_stamps: dict[str, Stamp] = {}
         self._shared_fields: dict[int, tuple[dict[str, Any], KeyTemplate]] = {}
         self._structures: dict[Path, CheckpointStructure] = {}
+        self.build_records: dict[Path, dict[Path, tuple[float, int]]] = {}  # sched.model_records, per model dir
 
     @property
     def host(self) -> Host:

@@ -385,16 +385,22 @@ class Estimate:
     builds: int  # how many recorded builds it rests on
 
 
-def recorded(engine_dir: Path, workers: int = 1) -> Estimate | None:
-    """Sources 1 and 2 of estimate(), or None when no engine of the model was built yet."""
+def model_records(model_dir: Path) -> dict[Path, tuple[float, int]]:
+    """The build record of every engine of a model (`engines/<model>/*/*/`) that has one: one glob, one small
+    manifest read per engine."""
+    got = ((m.parent, build_record(m.parent)) for m in sorted(model_dir.glob(f"*/*/{MANIFEST}")))
+    return {d: r for d, r in got if r is not None}
+
+
+def recorded(engine_dir: Path, workers: int = 1,
+             records: dict[Path, tuple[float, int]] | None = None) -> Estimate | None:
+    """Sources 1 and 2 of estimate(), or None when no engine of the model was built yet. `records`:
+    model_records() of its model, where the caller has them already."""
     own = build_record(engine_dir)
     if own is not None:
         return Estimate(own[0], "this engine", 1)
-    others = []
-    for m in sorted(engine_dir.parent.parent.glob(f"*/*/{MANIFEST}")):
-        got = build_record(m.parent) if m.parent != engine_dir else None
-        if got is not None:
-            others.append(got[0] * got[1] / max(1, workers))
+    records = model_records(engine_dir.parent.parent) if records is None else records
+    others = [seconds * gpus / max(1, workers) for d, (seconds, gpus) in records.items() if d != engine_dir]
     if not others:
         return None
     import statistics  # ~6 ms to import: only when an estimate needs it
@@ -403,7 +409,8 @@ def recorded(engine_dir: Path, workers: int = 1) -> Estimate | None:
 
 
 def estimate(engine_dir: Path, workers: int = 1, checkpoint_bytes: int = 0, *,
-             bytes_per_second: float = BYTES_PER_SECOND, startup_seconds: float = STARTUP_SECONDS) -> Estimate:
+             bytes_per_second: float = BYTES_PER_SECOND, startup_seconds: float = STARTUP_SECONDS,
+             records: dict[Path, tuple[float, int]] | None = None) -> Estimate:
     """How long building this engine is expected to take, from the best evidence available:
 
     1. the engine dir's own manifest (`built.seconds`): the same model/arch/parallel built before,
@@ -415,7 +422,7 @@ def estimate(engine_dir: Path, workers: int = 1, checkpoint_bytes: int = 0, *,
     For scheduling only the order matters; reading a few small manifests costs far less than one
     badly placed hour-long build at the end of the run.
     """
-    known = recorded(engine_dir, workers)
+    known = recorded(engine_dir, workers, records)
     if known is not None:
         return known
     return Estimate(startup_seconds + checkpoint_bytes / (bytes_per_second * max(1, workers)), "checkpoint size", 0)
@@ -436,11 +443,18 @@ def engine_estimate(planner: Planner, engine: Engine, workers: int | None = None
         host = len(planner.host.gpus_of(engine.arch, engine.model.gpu_name))
         workers = min(get_backend(engine.model.backend).gpus_needed(engine), host) if host else 1
     edir = engine.dir(planner.spec.project)
-    known = recorded(edir, workers)
+    mdir = edir.parent.parent
+    # Once per model and process (a plan of 5,000 unbuilt engines asks 5,000 times); a build landing later in
+    # the run is not seen by later estimates, which only order work.
+    if mdir not in planner.build_records:
+        planner.build_records[mdir] = model_records(mdir)
+    records = planner.build_records[mdir]
+    known = recorded(edir, workers, records)
     if known is not None:
         return known  # small JSON reads for built engines; the checkpoint is not touched
     ckpt = planner.checkpoint(engine.model)
-    return estimate(edir, workers, sum(s for s, _ in ckpt.files.values()) if ckpt is not None else 0)
+    return estimate(edir, workers, sum(s for s, _ in ckpt.files.values()) if ckpt is not None else 0,
+                    records=records)
 
 
 def engine_expected_seconds(planner: Planner, engine: Engine) -> float:

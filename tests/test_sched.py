@@ -204,10 +204,27 @@ def test_engine_expected_seconds_uses_checkpoint_size_and_host_gpus(tmp_path: Pa
     project = Project(tmp_path / "models.yaml", tmp_path / "engines", tmp_path / ".buildlib")
     ckpt = TreeDigest("d", {"model.safetensors": (40 * 2**30, "x")})
     planner = SimpleNamespace(spec=SimpleNamespace(project=project), checkpoint=lambda m: ckpt,
-                              host=Host(gpus=tuple(gpus(4)), cpu_isa="x86_64-avx2"))
+                              host=Host(gpus=tuple(gpus(4)), cpu_isa="x86_64-avx2"), build_records={})
     # tp8 wants 8 workers; the host has 4 sm90 GPUs, so 4 workers share the 40 GiB.
     got = engine_expected_seconds(planner, Engine(model, "sm90", 8, 1))  # type: ignore[arg-type]
     assert got == pytest.approx(expected_seconds(tmp_path / "none", 4, 40 * 2**30))
+
+
+def test_a_models_build_records_are_read_once_per_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """#15: `doit plan` over 5,000 unbuilt engines read each model's manifests once per engine (7 s)."""
+    from buildlib import sched
+
+    _engine_dir(tmp_path, "sm90", "tp1-pp1", 300.0)
+    model = ModelSpec("m", tmp_path / "hf", "trtllm", "float16", None, ("sm100",), ((1, 1), (2, 1), (4, 1)), (),
+                      None, None, False, None)
+    project = Project(tmp_path / "models.yaml", tmp_path / "engines", tmp_path / ".buildlib")
+    planner = SimpleNamespace(spec=SimpleNamespace(project=project), checkpoint=lambda m: None,
+                              host=Host(gpus=(), cpu_isa="x86_64-avx2"), build_records={})
+    calls = []
+    real = sched.model_records
+    monkeypatch.setattr(sched, "model_records", lambda d: calls.append(d) or real(d))
+    got = [engine_expected_seconds(planner, Engine(model, "sm100", tp, 1)) for tp in (1, 2, 4)]  # type: ignore[arg-type]
+    assert got == [300.0, 300.0, 300.0] and calls == [tmp_path / "engines" / "m"]  # its model's sm90 build
 
 
 def test_ring_survives_a_waiter_that_left_between_open_and_write(tmp_path: Path,
