@@ -17,7 +17,7 @@ import xxhash
 from .errors import UserError
 from .fanout import fan_out
 from .key import canonical_json
-from .statcache import StatCache, identity, settled, signature, stats_of
+from .statcache import StatCache, identity, settled, signature, stats_hold
 
 BUF_SIZE = 8 << 20  # 8 MiB reads: large enough to run at disk speed, small enough to bound memory.
 _BUFS = threading.local()
@@ -175,7 +175,7 @@ def tree_digests(roots: list[Path], cache: StatCache | None = None) -> dict[Path
 
     def holds(root: Path) -> bool:  # reads only (buildlib.fanout may run it in a forked process)
         got = stamps.get(os.fspath(root))
-        return got is not None and signature(stats_of(os.fspath(root), got[2])) == got[3]
+        return got is not None and stats_hold(os.fspath(root), got[2], got[3])
 
     for root, held in zip(roots, fan_out(roots, holds) if stamps else [False] * len(roots), strict=True):
         if held:
@@ -208,6 +208,6 @@ def _tree_stamp(root: Path, tree: TreeDigest, dirs: list[tuple[str, os.stat_resu
     names = tuple(n for n, _ in dirs + files)
     sig = signature(st for _, st in dirs + files)
     now = time.time_ns()
-    if sig != signature(stats_of(os.fspath(root), names)) or not all(settled(st, now) for _, st in dirs + files):
+    if not stats_hold(os.fspath(root), names, sig) or not all(settled(st, now) for _, st in dirs + files):
         return []
     return [(os.fspath(root), tree.digest, canonical_json(tree.files), names, sig)]

@@ -34,7 +34,6 @@ class KeyTemplate:
 
     def __init__(self, shared: dict[str, Any], own: tuple[str, ...]):
         assert not shared.keys() & set(own), "a field is either shared or own"
-        self.own = own
         self._pieces: list[str] = []  # the JSON between the own fields' values, in key order
         self._order: list[int] = []  # which own field goes into each gap
         text = "{"

@@ -30,7 +30,7 @@ from .manifest import (
     validation_vouches,
 )
 from .spec import GPU_ARCH_RE, GeneratedCheckpoint, ModelSpec, Spec
-from .statcache import Stamp, StatCache, settled, signature, stats_of
+from .statcache import Stamp, StatCache, settled, signature, stats_hold, stats_of
 from .states import BLOCKED, FRESH, MISSING, STALE, UNVALIDATED
 from .store import Store, configured_store
 from .structure import CheckpointStructure, checkpoint_structure, recorded_key, structure_key, structure_reasons
@@ -321,7 +321,7 @@ class Planner:
         """The engine dir's stamp if it proves the engine fresh: it is for this key and the dir's files still
         have the stats they had when it was proven."""
         stamp = self.stamps.get(base)
-        if stamp is not None and stamp.key == key and signature(stats_of(base, stamp.names.split("\n"))) == stamp.sig:
+        if stamp is not None and stamp.key == key and stats_hold(base, stamp.names.split("\n"), stamp.sig):
             return stamp
         return None
 

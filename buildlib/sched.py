@@ -408,9 +408,14 @@ def recorded(engine_dir: Path, workers: int = 1,
     return Estimate(statistics.median(others), "its model", len(others))
 
 
+def by_checkpoint_size(checkpoint_bytes: int, workers: int = 1, *, bytes_per_second: float = BYTES_PER_SECOND,
+                       startup_seconds: float = STARTUP_SECONDS) -> Estimate:
+    """Source 3 of estimate(): no build of the model recorded, a default rate over the checkpoint's bytes."""
+    return Estimate(startup_seconds + checkpoint_bytes / (bytes_per_second * max(1, workers)), "checkpoint size", 0)
+
+
 def estimate(engine_dir: Path, workers: int = 1, checkpoint_bytes: int = 0, *,
-             bytes_per_second: float = BYTES_PER_SECOND, startup_seconds: float = STARTUP_SECONDS,
-             records: dict[Path, tuple[float, int]] | None = None) -> Estimate:
+             bytes_per_second: float = BYTES_PER_SECOND, startup_seconds: float = STARTUP_SECONDS) -> Estimate:
     """How long building this engine is expected to take, from the best evidence available:
 
     1. the engine dir's own manifest (`built.seconds`): the same model/arch/parallel built before,
@@ -422,10 +427,11 @@ def estimate(engine_dir: Path, workers: int = 1, checkpoint_bytes: int = 0, *,
     For scheduling only the order matters; reading a few small manifests costs far less than one
     badly placed hour-long build at the end of the run.
     """
-    known = recorded(engine_dir, workers, records)
+    known = recorded(engine_dir, workers)
     if known is not None:
         return known
-    return Estimate(startup_seconds + checkpoint_bytes / (bytes_per_second * max(1, workers)), "checkpoint size", 0)
+    return by_checkpoint_size(checkpoint_bytes, workers, bytes_per_second=bytes_per_second,
+                              startup_seconds=startup_seconds)
 
 
 def expected_seconds(engine_dir: Path, workers: int = 1, checkpoint_bytes: int = 0, **rates: float) -> float:
@@ -448,13 +454,11 @@ def engine_estimate(planner: Planner, engine: Engine, workers: int | None = None
     # the run is not seen by later estimates, which only order work.
     if mdir not in planner.build_records:
         planner.build_records[mdir] = model_records(mdir)
-    records = planner.build_records[mdir]
-    known = recorded(edir, workers, records)
+    known = recorded(edir, workers, planner.build_records[mdir])
     if known is not None:
         return known  # small JSON reads for built engines; the checkpoint is not touched
     ckpt = planner.checkpoint(engine.model)
-    return estimate(edir, workers, sum(s for s, _ in ckpt.files.values()) if ckpt is not None else 0,
-                    records=records)
+    return by_checkpoint_size(sum(s for s, _ in ckpt.files.values()) if ckpt is not None else 0, workers)
 
 
 def engine_expected_seconds(planner: Planner, engine: Engine) -> float:

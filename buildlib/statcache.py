@@ -68,6 +68,11 @@ def signature(stats: Iterable[os.stat_result | None]) -> str:
                      for st in stats])
 
 
+def stats_hold(base: str, names: Iterable[str], sig: str) -> bool:
+    """Whether base/name of every name still has the stats recorded as `sig` (a stamp holds)."""
+    return signature(stats_of(base, names)) == sig
+
+
 def settled(st: os.stat_result | None, now_ns: int) -> bool:
     """Not modified within RACY_NS of now: a later change would show in its stat. Whole-second
     timestamps (FAT, some NFS/SMB mounts) get COARSE_RACY_NS, as a change within the same tick is invisible."""
