@@ -24,22 +24,24 @@ T = TypeVar("T")
 MIN_PER_PROCESS = 300  # a fork costs ~5-10 ms; measured here 500 engines took 46 ms in one process, 32 in two
 
 
-def processes(n_items: int) -> int:
-    """How many processes to check n_items with: one per core, each with at least MIN_PER_PROCESS items;
-    1 where fork is missing or unsafe (another thread running: it could hold a lock the child needs)."""
+def processes(n_items: int, busy: int = 0) -> int:
+    """How many processes to check n_items with: one per core not `busy` with other work of ours, each with at
+    least MIN_PER_PROCESS items; 1 where fork is missing or unsafe (another thread running: it could hold a
+    lock the child needs)."""
     if not hasattr(os, "fork") or threading.active_count() > 1:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, 8, n_items // MIN_PER_PROCESS))
+    return max(1, min(cores - busy, 8, n_items // MIN_PER_PROCESS))
 
 
-def fan_out(items: Sequence[T], check: Callable[[T], Any], local_share: float = 1.0) -> list[Any]:
+def fan_out(items: Sequence[T], check: Callable[[T], Any], local_share: float = 1.0, busy: int = 0) -> list[Any]:
     """[check(item) for item in items], the items split into contiguous chunks over processes(): the first
     chunk in this process, the others in forked children that send back JSON. check's results must be
     JSON values; where a child failed, its items' results are None (the caller's "could not tell").
     local_share < 1 makes this process's chunk that fraction of a child's, for a caller that has more to do
-    with every item's result afterwards (so that all processes finish together)."""
-    n = processes(len(items))
+    with every item's result afterwards (so that all processes finish together); `busy`: cores taken by
+    other work of ours meanwhile (processes())."""
+    n = processes(len(items), busy)
     if n == 1:
         return [check(x) for x in items]
     first = max(1, round(len(items) * local_share / (local_share + n - 1)))

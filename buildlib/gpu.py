@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -81,29 +82,64 @@ def parse_nvidia_smi(out: str) -> tuple[Gpu, ...]:
     return tuple(gpus)
 
 
-def detect_gpus() -> tuple[Gpu, ...]:
-    """GPUs from `nvidia-smi --query-gpu=...`; no nvidia-smi (or no devices) means no GPUs.
+class GpuProbe:
+    """One `nvidia-smi --query-gpu` query, started when made and read on first use: a run that knows early that
+    it will need the host's GPUs overlaps the query (tens of ms to seconds on a real host) with its other work.
+    No nvidia-smi (or no devices) means no GPUs. CUDA_VISIBLE_DEVICES, when set to indices, restricts the list
+    as CUDA would."""
 
-    CUDA_VISIBLE_DEVICES, when set to indices, restricts the list as CUDA would.
-    """
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return ()
-    try:
-        proc = subprocess.run([exe, f"--query-gpu={QUERY}", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return ()
-    if proc.returncode != 0:
-        return ()  # e.g. "No devices were found": a host without usable GPUs
-    gpus = parse_nvidia_smi(proc.stdout)
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and all(v.strip().isdigit() for v in visible.split(",") if v.strip()):
-        keep = [int(v) for v in visible.split(",") if v.strip()]
-        gpus = tuple(g for g in gpus if g.index in keep)
-    return gpus
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[str] | None = None
+        self._gpus: tuple[Gpu, ...] | None = ()
+        exe = shutil.which("nvidia-smi")
+        if exe is None:
+            return
+        with suppress(OSError):
+            self._proc = subprocess.Popen([exe, f"--query-gpu={QUERY}", "--format=csv,noheader"],
+                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            self._gpus = None
+
+    @property
+    def running(self) -> bool:
+        """Whether nvidia-smi is still at work (it takes a core meanwhile)."""
+        return self._gpus is None and self._proc is not None and self._proc.poll() is None
+
+    def gpus(self) -> tuple[Gpu, ...]:
+        if self._gpus is None:
+            self._gpus = self._read()
+        return self._gpus
+
+    def _read(self) -> tuple[Gpu, ...]:
+        proc = self._proc
+        assert proc is not None
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            return ()
+        if proc.returncode != 0:
+            return ()  # e.g. "No devices were found": a host without usable GPUs
+        gpus = parse_nvidia_smi(out)
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None and all(v.strip().isdigit() for v in visible.split(",") if v.strip()):
+            keep = [int(v) for v in visible.split(",") if v.strip()]
+            gpus = tuple(g for g in gpus if g.index in keep)
+        return gpus
+
+
+def detect_gpus() -> tuple[Gpu, ...]:
+    """This host's GPUs, queried now."""
+    return GpuProbe().gpus()
+
+
+@lru_cache(maxsize=1)
+def host_probe() -> GpuProbe:
+    """This process's one probe for detect_host, started on the first call (Planner.start_host_probe makes
+    that call early where it knows the host will be needed)."""
+    return GpuProbe()
 
 
 @lru_cache(maxsize=1)
 def detect_host() -> Host:
-    return Host(gpus=detect_gpus(), cpu_isa=host_isa())
+    return Host(gpus=host_probe().gpus(), cpu_isa=host_isa())

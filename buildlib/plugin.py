@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from doit.cmd_base import TaskLoader2
 from doit.task import Task, dict_to_task
 
-from . import interrupt
+from . import gcpause, interrupt
 from .errors import EXIT_USAGE, UserError
 from .reporter import EngineReporter
 from .tasks import LeftOut, group_names, planner_for, task_dicts
@@ -33,6 +33,7 @@ def doit_config(models: str | Path) -> dict[str, Any]:
     interrupt.install()  # Ctrl-C / SIGTERM unwind the run and end it in one line (no traceback, no orphans)
     planner = exit_on_user_error(lambda: planner_for(models))
     exit_on_user_error(lambda: planner.store)  # a misconfigured store is bad input too
+    planner.expect_host()  # so nvidia-smi, where needed, runs while doit sets up
     return {
         "default_tasks": ["engines"],
         "verbosity": 2,
@@ -60,6 +61,7 @@ class EngineLoader(TaskLoader2):
         self.models = opt_values["models"]
 
     def load_doit_config(self) -> dict[str, Any]:
+        gcpause.pause()  # until load_tasks has made the tasks: planning a fleet is a bulk of allocations
         return doit_config(self.models)
 
     def load_tasks(self, cmd: Any, pos_args: list[str]) -> list[Task]:
@@ -68,6 +70,12 @@ class EngineLoader(TaskLoader2):
         how many were left out. Any other command (`list`, `info`, `clean`, `forget`...) or
         a run naming a task sees every task. Commands that read the plan rather than tasks (`plan`,
         `report`, `gc`: `needs_tasks = False`) get none."""
+        try:
+            return self._tasks(cmd, pos_args)
+        finally:
+            gcpause.resume_frozen()
+
+    def _tasks(self, cmd: Any, pos_args: list[str]) -> list[Task]:
         if not getattr(cmd, "needs_tasks", True):
             return []
         left_out: LeftOut | None = None

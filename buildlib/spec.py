@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .confine import claim, refusal
 from .errors import SpecError, Where
+from .gcpause import gc_paused
 from .gpu import GPU_ARCHS, gpu_arch
 
 if TYPE_CHECKING:
@@ -214,7 +215,8 @@ def load_spec(models_path: Path | str, use_cache: bool = True) -> Spec:
     if not use_cache:
         return _parse(path, text)
     cache, key = spec_cache_path(path, text), _cache_key(path, data)
-    spec = _cached_spec(cache, key)
+    with gc_paused():  # unpickling 1,000 models is a bulk of allocations (buildlib.gcpause)
+        spec = _cached_spec(cache, key)
     if spec is None:
         spec = _parse(path, text)
         claim(spec.project.work_dir)

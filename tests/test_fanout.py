@@ -18,7 +18,7 @@ from tests.test_stamps import _planner, fleet  # noqa: F401 - fleet is a fixture
 @pytest.fixture
 def forks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Three processes whatever the item count or core count (the split is what is tested, not the policy)."""
-    monkeypatch.setattr(fanout, "processes", lambda n: min(3, n))
+    monkeypatch.setattr(fanout, "processes", lambda n, busy=0: min(3, n))
 
 
 def test_results_in_order_and_checked_in_children(forks: None):
@@ -66,7 +66,7 @@ def test_no_fork_while_another_thread_runs():
 def test_planner_states_fanned_out_match_one_process(fleet: Path, forks: None):  # noqa: F811
     serial = _planner(fleet)
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(fanout, "processes", lambda n: 1)
+        m.setattr(fanout, "processes", lambda n, busy=0: 1)
         one = [(s.engine.id, s.state, s.key, s.validated, s.fields) for s in serial.states()]
     fanned = [(s.engine.id, s.state, s.key, s.validated, s.fields) for s in _planner(fleet).states()]
     assert fanned == one and {s for _, s, *_ in one} == {FRESH}
@@ -102,3 +102,51 @@ def test_an_error_here_stops_the_children(forks: None):
     for pid in pids:
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # already killed and reaped by fan_out
+
+
+def test_cores_busy_with_our_other_work_get_no_process(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(4)))
+    assert fanout.processes(10**6) == 4
+    assert fanout.processes(10**6, busy=1) == 3  # the GPU probe runs meanwhile
+    assert fanout.processes(10**6, busy=4) == 1
+
+
+def _add_unbuilt(root: Path) -> None:
+    """A model `c` (model a's checkpoint) in models.yaml: an engine never built, so no stamp and no manifest."""
+    with open(root / "models.yaml", "a") as f:
+        f.write("  - name: c\n    checkpoint: ckpt/a\n")
+
+
+def test_unbuilt_engines_told_in_children_are_what_state_says(fleet: Path, forks: None):  # noqa: F811
+    """An engine with no stamp and no manifest is told missing (blocked: no sm90 GPU here) from one stat in a
+    forked check; its state, reasons, key and (lazily made) fields are what the full state() gives."""
+    _add_unbuilt(fleet)
+    fanned = _planner(fleet).states()
+    full = _planner(fleet)
+    serial = [full.state(e) for e in full.engines()]
+    assert [(s.engine.id, s.state, s.reasons, s.key, s.blocked, s.fields) for s in fanned] == \
+        [(s.engine.id, s.state, s.reasons, s.key, s.blocked, s.fields) for s in serial]
+    assert [s.state for s in fanned] == [FRESH, FRESH, BLOCKED]
+    assert fanned[2].reasons == ["needs an sm90 host", "target sm90 not built yet"]
+
+
+def test_gpu_probe_starts_early_only_when_an_engine_is_unbuilt(fleet: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: F811
+    """The probe (nvidia-smi) is started before the stamp checks when some engine has neither stamp nor
+    manifest, so it runs meanwhile; a fleet of fresh engines never starts it; a planner starts it once."""
+    from buildlib import plan as plan_mod
+    from buildlib.gpu import GpuProbe
+
+    started: list[int] = []
+
+    def probe() -> GpuProbe:
+        started.append(1)
+        return GpuProbe()
+
+    monkeypatch.setattr(plan_mod, "host_probe", probe)
+    p = _planner(fleet)
+    p.expect_host()
+    assert [s.state for s in p.states()] == [FRESH, FRESH] and started == []
+    _add_unbuilt(fleet)
+    p = _planner(fleet)
+    p.expect_host()  # as the doit loader does, before doit sets up
+    assert [s.state for s in p.states()] == [FRESH, FRESH, BLOCKED] and started == [1]

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import H100, LOADER_PYPROJECT, doit, plan, trtllm_log, write_hf_checkpoint
+from tests.conftest import A100, H100, LOADER_PYPROJECT, doit, plan, trtllm_log, write_hf_checkpoint
 from tests.raycluster import own_processes, start_node, stop
 
 ray = pytest.importorskip("ray")
 
-A100 = {"name": "NVIDIA A100-SXM4-80GB", "compute_cap": "8.0", "memory_total_mib": 81920, "memory_used_mib": 0}
 MODELS = """\
 defaults: {backend: trtllm, build: {max_batch_size: 8, max_seq_len: 512}}
 models:

@@ -11,9 +11,7 @@ from pathlib import Path
 
 from buildlib.gpu import Gpu
 from buildlib.ray_node import arch_resource, gpu_name_resource, node_resources, ray_start_argv
-from tests.conftest import H100, LOADER_PYPROJECT, doit, plan, trtllm_log, write_hf_checkpoint
-
-A100 = {"name": "NVIDIA A100-SXM4-80GB", "compute_cap": "8.0", "memory_total_mib": 81920, "memory_used_mib": 0}
+from tests.conftest import A100, H100, LOADER_PYPROJECT, doit, plan, trtllm_log, write_hf_checkpoint
 
 
 def test_node_resources_name_each_arch_and_exact_gpu():

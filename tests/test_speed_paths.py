@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -267,3 +269,65 @@ def test_each_checkpoint_is_hashed_once_however_many_engines_use_it(tmp_path: Pa
     planner.states()
     files = sorted(str(p) for p in hashing.list_files(tmp_path / "ckpt/llama"))
     assert sorted(hashed) == files
+
+
+def test_gpu_probe_reads_nvidia_smi_once_in_the_background(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """GpuProbe starts `nvidia-smi --query-gpu` when made and reads it on first use (what detect_gpus gives),
+    restricted by CUDA_VISIBLE_DEVICES as CUDA would; no nvidia-smi on PATH means no GPUs."""
+    from buildlib.gpu import GpuProbe, detect_gpus
+    from tests.conftest import A100, H100
+    from tests.standins import standin_env
+
+    env = standin_env(tmp_path / "s", gpus=[H100, A100])
+    monkeypatch.setenv("PATH", env["PATH"])
+    monkeypatch.setenv("STANDIN_GPUS", env["STANDIN_GPUS"])
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    probe = GpuProbe()
+    gpus = probe.gpus()
+    assert [(g.index, g.arch, g.name) for g in gpus] == [(0, "sm90", H100["name"]), (1, "sm80", A100["name"])]
+    assert not probe.running and probe.gpus() is gpus and detect_gpus() == gpus
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert [g.arch for g in GpuProbe().gpus()] == ["sm80"]
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert GpuProbe().gpus() == () and not GpuProbe().running
+
+
+def test_gc_paused_over_a_bulk_and_the_loader_resumes_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """gc_paused() stops cyclic collection inside its block and restores what it found (nested too); the doit
+    loader pauses it from its config to its tasks and then leaves it running, the heap frozen (buildlib.gcpause)."""
+    import gc
+
+    from buildlib.gcpause import gc_paused
+    from buildlib.plugin import EngineLoader
+
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    (tmp_path / "models.yaml").write_text(
+        "defaults: {backend: aoti, dtype: float32}\nmodels:\n"
+        "  - {name: t, checkpoint: {generate: tinyllama, seed: 0}, archs: [sm90]}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-nvidia-smi"))
+    loader = EngineLoader()
+    loader.setup({"models": "models.yaml"})
+    frozen = gc.get_freeze_count()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}  # the loader installs its own
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    try:
+        loader.load_doit_config()
+        assert not gc.isenabled()
+
+        class Run:
+            name, needs_tasks = "run", True
+
+        names = [t.name for t in loader.load_tasks(Run(), [])]
+        assert "checkpoint:t" in names and gc.isenabled() and gc.get_freeze_count() > frozen
+    finally:
+        gc.enable()
+        gc.unfreeze()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)

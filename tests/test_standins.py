@@ -18,10 +18,9 @@ from buildlib.backends.trtllm_options import (
     resolve_build_options,
     to_argv,
 )
-from tests.conftest import write_safetensors
+from tests.conftest import A100, write_safetensors
 from tests.standins import H100, TENSORRT_VERSION, standin_env
 
-A100 = {"name": "NVIDIA A100-SXM4-80GB", "compute_cap": "8.0", "memory_total_mib": 81920, "memory_used_mib": 0}
 HF_CONFIG = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "vocab_size": 256, "num_hidden_layers": 2,
              "max_position_embeddings": 4096, "torch_dtype": "float16"}
 
