@@ -88,7 +88,9 @@ class PlanCmd(EngineCommand):
         elif as_json:
             rows = [{**state_json(s), "expected_seconds": round(expected(planner, s), 3) if is_work(s) or
                      s.state == BLOCKED else 0.0} for s in states]
-            self.outstream.write(json.dumps(rows, indent=1) + "\n")
+            # One engine per line: json's C encoder (an indent makes json.dumps take its pure-Python one: 0.1 s
+            # of a plan of 10,000 engines), and a line per engine for grep.
+            self.outstream.write("[\n" + ",\n".join(map(json.dumps, rows)) + "\n]\n" if rows else "[]\n")
         else:
             for s in states:
                 self.outstream.write(render(s) + "\n")

@@ -10,7 +10,7 @@ import math
 import os
 import select
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from .errors import UserError
 from .gpu import Gpu
-from .manifest import MANIFEST, build_of, read_manifest
+from .manifest import MANIFEST, Manifest, build_of, read_manifest
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -366,13 +366,28 @@ def describe(gpus: Sequence[Gpu]) -> str:
 def build_record(engine_dir: Path) -> tuple[float, int] | None:
     """(seconds, GPUs) of the build the engine dir's manifest records, or None (no manifest, no time)."""
     m = read_manifest(engine_dir)
-    if m is None:
-        return None
+    return record_of(m) if m is not None else None
+
+
+def record_of(m: Manifest) -> tuple[float, int] | None:
+    """(seconds, GPUs) of the build a manifest records, or None where it records no time."""
     built = build_of(m)
     seconds = built.get("seconds")
     if not isinstance(seconds, (int, float)) or seconds <= 0:
         return None
     return float(seconds), max(1, len(built.get("gpus") or ()))
+
+
+def record_text(record: tuple[float, int] | None) -> str:
+    """A build record as an engine stamp keeps it (statcache.Stamp.built): `seconds gpus`, or ""."""
+    return f"{record[0]!r} {record[1]}" if record is not None else ""
+
+
+def record_from_text(text: str) -> tuple[float, int] | None:
+    if not text:
+        return None
+    seconds, gpus = text.split()
+    return float(seconds), int(gpus)
 
 
 @dataclass(frozen=True)
@@ -385,18 +400,44 @@ class Estimate:
     builds: int  # how many recorded builds it rests on
 
 
-def model_records(model_dir: Path) -> dict[Path, tuple[float, int]]:
-    """The build record of every engine of a model (`engines/<model>/*/*/`) that has one: one glob, one small
-    manifest read per engine."""
-    got = ((m.parent, build_record(m.parent)) for m in sorted(model_dir.glob(f"*/*/{MANIFEST}")))
-    return {d: r for d, r in got if r is not None}
+Records = Callable[[Path], "tuple[float, int] | None"]  # engine dir -> its build record: build_record, or faster
 
 
-def recorded(engine_dir: Path, workers: int = 1,
-             records: dict[Path, tuple[float, int]] | None = None) -> Estimate | None:
+def model_records(model_dir: Path, record: Records = build_record,
+                  built: Container[str] = ()) -> dict[Path, tuple[float, int]]:
+    """The build record of every engine of a model (`engines/<model>/*/*/`, in sorted order) that has one: a
+    listing of the model's dirs and one small manifest read per engine, none where `record` knows it otherwise
+    (Planner.build_record). `built`: engine dirs known to hold a manifest (no stat to check it)."""
+    out = {}
+    for d in _engine_dirs(model_dir):
+        if d in built or os.path.exists(os.path.join(d, MANIFEST)):
+            r = record(Path(d))
+            if r is not None:
+                out[Path(d)] = r
+    return out
+
+
+def _engine_dirs(model_dir: Path) -> list[str]:
+    """`<model_dir>/*/*/` dirs, sorted (what glob gives, without pathlib's per-entry cost)."""
+    out = []
+    for arch in _subdirs(os.fspath(model_dir)):
+        out += _subdirs(arch)
+    return out
+
+
+def _subdirs(d: str) -> list[str]:
+    try:
+        with os.scandir(d) as it:
+            return sorted(e.path for e in it if e.is_dir() and not e.name.startswith("."))
+    except OSError:
+        return []
+
+
+def recorded(engine_dir: Path, workers: int = 1, records: dict[Path, tuple[float, int]] | None = None,
+             record: Records = build_record) -> Estimate | None:
     """Sources 1 and 2 of estimate(), or None when no engine of the model was built yet. `records`:
     model_records() of its model, where the caller has them already."""
-    own = build_record(engine_dir)
+    own = record(engine_dir)
     if own is not None:
         return Estimate(own[0], "this engine", 1)
     records = model_records(engine_dir.parent.parent) if records is None else records
@@ -453,8 +494,8 @@ def engine_estimate(planner: Planner, engine: Engine, workers: int | None = None
     # Once per model and process (a plan of 5,000 unbuilt engines asks 5,000 times); a build landing later in
     # the run is not seen by later estimates, which only order work.
     if mdir not in planner.build_records:
-        planner.build_records[mdir] = model_records(mdir)
-    known = recorded(edir, workers, planner.build_records[mdir])
+        planner.build_records[mdir] = model_records(mdir, planner.build_record, planner.known_records)
+    known = recorded(edir, workers, planner.build_records[mdir], planner.build_record)
     if known is not None:
         return known  # small JSON reads for built engines; the checkpoint is not touched
     ckpt = planner.checkpoint(engine.model)

@@ -1,9 +1,9 @@
 """A persistent stat cache (sqlite, WAL): what was derived from files, trusted while their stats are unchanged.
 
 Three tables: file digests, (path, device, inode, size, mtime_ns, ctime_ns) -> xxh3-128; engine
-stamps, engine dir -> (key, validated, the stats of its manifest, validation.json and outputs) when
-it was last proven fresh; and tree stamps, input dir (a checkpoint) -> (its Merkle digest and per-file
-entries, the stats of every dir and file in it) when it was last digested.
+stamps, engine dir -> (key, validated, the stats of its manifest, validation.json and outputs, the build
+its manifest records) when it was last proven fresh; and tree stamps, input dir (a checkpoint) -> (its
+Merkle digest and per-file entries, the stats of every dir and file in it) when it was last digested.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS files (
   path TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, size INTEGER,
   mtime_ns INTEGER, ctime_ns INTEGER, digest TEXT
 );
-CREATE TABLE IF NOT EXISTS stamps (dir TEXT PRIMARY KEY, key TEXT, validated INTEGER, names TEXT, sig TEXT);
+CREATE TABLE IF NOT EXISTS engine_stamps (dir TEXT PRIMARY KEY, key TEXT, validated INTEGER, names TEXT, sig TEXT,
+  built TEXT);
 CREATE TABLE IF NOT EXISTS trees (dir TEXT PRIMARY KEY, digest TEXT, files TEXT, names TEXT, sig TEXT)
 """
 
@@ -40,6 +41,7 @@ class Stamp(NamedTuple):
     validated: bool
     names: str  # "\n"-joined, as stored: split only where the stamp is checked (buildlib.fanout's processes)
     sig: str
+    built: str = ""  # the build the manifest records, "seconds gpus" ("" if none): a plan's estimates read it here
 
 
 def identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
@@ -144,14 +146,14 @@ class StatCache:
     def stamps(self) -> dict[str, Stamp]:
         """Every engine stamp, in one query: a no-op over a fleet re-proves each fresh engine with
         stats alone, instead of parsing its manifest and validation.json and looking up each output."""
-        return {d: Stamp(k, bool(v), n, sig)
-                for d, k, v, n, sig in self._db.execute("SELECT dir, key, validated, names, sig FROM stamps")}
+        return {d: Stamp(k, bool(v), n, sig, b) for d, k, v, n, sig, b in
+                self._db.execute("SELECT dir, key, validated, names, sig, built FROM engine_stamps")}
 
     def store_stamps(self, stamps: dict[str, Stamp]) -> None:
         if stamps:
             with self._lock:
-                self._db.executemany("INSERT OR REPLACE INTO stamps VALUES (?,?,?,?,?)",
-                                     [(d, s.key, int(s.validated), s.names, s.sig)
+                self._db.executemany("INSERT OR REPLACE INTO engine_stamps VALUES (?,?,?,?,?,?)",
+                                     [(d, s.key, int(s.validated), s.names, s.sig, s.built)
                                       for d, s in stamps.items()])
 
     def tree_stamps(self, dirs: list[str]) -> dict[str, tuple[str, str, tuple[str, ...], str]]:
@@ -174,10 +176,11 @@ class StatCache:
         """Forget entries for files and engine dirs that no longer exist (entries for changed files
         are harmless: their stats no longer match). Returns how many were dropped."""
         gone_files = [(p,) for (p,) in self._db.execute("SELECT path FROM files") if not os.path.exists(p)]
-        gone_dirs = [(d,) for (d,) in self._db.execute("SELECT dir FROM stamps") if not os.path.isdir(d)]
+        gone_dirs = [(d,) for (d,) in self._db.execute("SELECT dir FROM engine_stamps") if not os.path.isdir(d)]
         gone_trees = [(d,) for (d,) in self._db.execute("SELECT dir FROM trees") if not os.path.isdir(d)]
         with self._lock:
             self._db.executemany("DELETE FROM files WHERE path = ?", gone_files)
-            self._db.executemany("DELETE FROM stamps WHERE dir = ?", gone_dirs)
+            self._db.executemany("DELETE FROM engine_stamps WHERE dir = ?", gone_dirs)
+            self._db.execute("DROP TABLE IF EXISTS stamps")  # engine stamps as kept before build records
             self._db.executemany("DELETE FROM trees WHERE dir = ?", gone_trees)
         return len(gone_files) + len(gone_dirs) + len(gone_trees)

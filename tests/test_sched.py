@@ -22,6 +22,7 @@ from buildlib.sched import (
     Backoff,
     GpusUnavailable,
     GpuTimeout,
+    build_record,
     eligible_gpus,
     engine_expected_seconds,
     expected_seconds,
@@ -204,7 +205,8 @@ def test_engine_expected_seconds_uses_checkpoint_size_and_host_gpus(tmp_path: Pa
     project = Project(tmp_path / "models.yaml", tmp_path / "engines", tmp_path / ".buildlib")
     ckpt = TreeDigest("d", {"model.safetensors": (40 * 2**30, "x")})
     planner = SimpleNamespace(spec=SimpleNamespace(project=project), checkpoint=lambda m: ckpt,
-                              host=Host(gpus=tuple(gpus(4)), cpu_isa="x86_64-avx2"), build_records={})
+                              host=Host(gpus=tuple(gpus(4)), cpu_isa="x86_64-avx2"), build_records={},
+                              build_record=build_record, known_records={})
     # tp8 wants 8 workers; the host has 4 sm90 GPUs, so 4 workers share the 40 GiB.
     got = engine_expected_seconds(planner, Engine(model, "sm90", 8, 1))  # type: ignore[arg-type]
     assert got == pytest.approx(expected_seconds(tmp_path / "none", 4, 40 * 2**30))
@@ -219,10 +221,11 @@ def test_a_models_build_records_are_read_once_per_plan(tmp_path: Path, monkeypat
                       None, None, False, None)
     project = Project(tmp_path / "models.yaml", tmp_path / "engines", tmp_path / ".buildlib")
     planner = SimpleNamespace(spec=SimpleNamespace(project=project), checkpoint=lambda m: None,
-                              host=Host(gpus=(), cpu_isa="x86_64-avx2"), build_records={})
+                              host=Host(gpus=(), cpu_isa="x86_64-avx2"), build_records={},
+                              build_record=sched.build_record, known_records={})
     calls = []
     real = sched.model_records
-    monkeypatch.setattr(sched, "model_records", lambda d: calls.append(d) or real(d))
+    monkeypatch.setattr(sched, "model_records", lambda d, *more: calls.append(d) or real(d, *more))
     got = [engine_expected_seconds(planner, Engine(model, "sm100", tp, 1)) for tp in (1, 2, 4)]  # type: ignore[arg-type]
     assert got == [300.0, 300.0, 300.0] and calls == [tmp_path / "engines" / "m"]  # its model's sm90 build
 
