@@ -38,5 +38,10 @@ class Engine:
         return Path(self.path(project))
 
     def path(self, project: Project) -> str:
-        """dir() as a str, for hot paths (a no-op over a fleet builds no Path objects)."""
-        return os.path.join(project.engines_dir, self.id)  # the id is the layout: <model>/<arch>/tp<N>-pp<M>
+        """dir() as a str, for hot paths (a no-op over a fleet builds no Path objects). Kept with the project it is
+        for, so the stamp check, the plan and the task loader of one run join it once (written to __dict__ directly,
+        as functools.cached_property does: the dataclass is frozen)."""
+        got = self.__dict__.get("_path")
+        if got is None or got[0] is not project:  # the id is the layout: <model>/<arch>/tp<N>-pp<M>
+            got = self.__dict__["_path"] = (project, os.path.join(project.engines_dir, self.id))
+        return got[1]

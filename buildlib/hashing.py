@@ -9,7 +9,6 @@ import stat
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import xxhash
@@ -148,16 +147,43 @@ def _walk(d: str, ancestors: set[tuple[int, int]], out: list[Path],
                                "and links to them")
 
 
-@dataclass(frozen=True)
 class TreeDigest:
-    """A directory's Merkle digest plus the per-file entries it was computed from."""
+    """A directory's Merkle digest plus the per-file entries it was computed from. Entries that come from a
+    tree stamp are parsed from its JSON on first use: a no-op needs only the digest (1,000 checkpoints' entries
+    were 7 ms of a no-op over 10,000 engines)."""
 
-    digest: str
-    files: dict[str, tuple[int, str]]  # relpath -> (size, xxh3-128)
+    __slots__ = ("_files", "_files_json", "digest")
+
+    def __init__(self, digest: str, files: dict[str, tuple[int, str]] | None = None, files_json: str = ""):
+        self.digest = digest
+        self._files = files
+        self._files_json = files_json
+
+    @property
+    def files(self) -> dict[str, tuple[int, str]]:  # relpath -> (size, xxh3-128)
+        if self._files is None:
+            self._files = {r: (s, d) for r, (s, d) in json.loads(self._files_json).items()}
+        return self._files
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TreeDigest) and (self.digest, self.files) == (other.digest, other.files)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable entries, as a dataclass with eq and no frozen
+
+    def __repr__(self) -> str:
+        return f"TreeDigest({self.digest!r}, {len(self.files)} files)"
 
 
 def merkle(files: dict[str, tuple[int, str]]) -> str:
     return xxhash.xxh3_128_hexdigest(canonical_json(sorted([r, s, d] for r, (s, d) in files.items())).encode())
+
+
+def held_tree(root: str, stamp: tuple[str, str, tuple[str, ...], str] | None) -> TreeDigest | None:
+    """The digest a tree stamp (StatCache.tree_stamps) keeps for root, if the stats of its dirs and files still
+    hold. Reads only: safe in a forked process (buildlib.fanout)."""
+    if stamp is None or not stats_hold(root, stamp[2], stamp[3]):
+        return None
+    return TreeDigest(stamp[0], files_json=stamp[1])
 
 
 def tree_digest(root: Path, cache: StatCache | None = None) -> TreeDigest:
@@ -174,13 +200,12 @@ def tree_digests(roots: list[Path], cache: StatCache | None = None) -> dict[Path
     stamps = cache.tree_stamps([os.fspath(r) for r in roots]) if cache is not None and roots else {}
 
     def holds(root: Path) -> bool:  # reads only (buildlib.fanout may run it in a forked process)
-        got = stamps.get(os.fspath(root))
-        return got is not None and stats_hold(os.fspath(root), got[2], got[3])
+        return held_tree(os.fspath(root), stamps.get(os.fspath(root))) is not None
 
     for root, held in zip(roots, fan_out(roots, holds) if stamps else [False] * len(roots), strict=True):
         if held:
             digest, files = stamps[os.fspath(root)][:2]
-            out[root] = TreeDigest(digest, {r: (s, d) for r, (s, d) in json.loads(files).items()})
+            out[root] = TreeDigest(digest, files_json=files)
     todo = [r for r in roots if r not in out]
     dirs: dict[Path, list[tuple[str, os.stat_result]]] = {r: [] for r in todo}
     listed = {root: list_files(root, dirs[root]) for root in todo}

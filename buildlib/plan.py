@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +19,7 @@ from .errors import BackendUnavailable, SpecError, Where
 from .fanout import fan_out
 from .gcpause import gc_paused
 from .gpu import GpuProbe, Host, detect_host, host_probe
-from .hashing import TreeDigest, tree_digest, tree_digests
+from .hashing import TreeDigest, held_tree, tree_digest, tree_digests
 from .isa import host_isa
 from .key import KeyTemplate, diff_fields, key_of
 from .manifest import (
@@ -38,6 +38,8 @@ from .states import BLOCKED, FRESH, MISSING, STALE, UNVALIDATED
 from .store import Store, configured_store
 from .structure import CheckpointStructure, checkpoint_structure, recorded_key, structure_key, structure_reasons
 
+PROBE_ENGINES = 3000  # engines whose stamp checks take about as long as the GPU probe's ~20-50 ms on 2 cores
+
 
 @dataclass(slots=True)  # 10,000 are made on a no-op over 10,000 engines
 class EngineState:
@@ -51,25 +53,28 @@ class EngineState:
     validated: bool = False  # fresh, and validation.json vouches for this key
     refit_of: str | None = None  # stale in its weights only: the key of the refittable engine here to refit
     refit_store: str | None = None  # no refit source here: the key of a same-structure engine in the store
-    fields_of: Callable[[Engine], dict[str, Any] | None] | None = field(default=None, repr=False, compare=False)
+    lazy_of: Planner | None = field(default=None, repr=False, compare=False)  # makes the unset fields, key
 
     @classmethod
-    def lazy(cls, engine: Engine, state: str, reasons: list[str], key: str,
-             fields_of: Callable[[Engine], dict[str, Any] | None], **more: Any) -> EngineState:
-        """A state told by a stamp or a missing manifest (Planner.states), whose `fields` are made by fields_of
-        on first use: a no-op never asks for them, and 10,000 field dicts were a tenth of a no-op over 10,000
-        engines."""
-        s = cls(engine, state, reasons, key, fields_of=fields_of, **more)
+    def lazy(cls, engine: Engine, state: str, reasons: list[str], key: str | None, planner: Planner,
+             **more: Any) -> EngineState:
+        """A state told by a stamp or a missing manifest (Planner.states), whose `fields` (and `key`, if None
+        here) the planner makes on first use: a no-op never asks for them; 10,000 field dicts were a tenth of a
+        no-op over 10,000 engines, and the keys of 5,000 unbuilt engines a twentieth."""
+        s = cls(engine, state, reasons, key, lazy_of=planner, **more)
         del s.fields  # unset: the first read goes to __getattr__
+        if key is None:
+            del s.key
         return s
 
     def __getattr__(self, name: str) -> Any:
-        """Called only for an unset slot: the `fields` of a lazy state, made now."""
-        fields_of = object.__getattribute__(self, "fields_of")
-        if name != "fields" or fields_of is None:
+        """Called only for an unset slot: the `fields` or `key` of a lazy state, made now."""
+        planner = object.__getattribute__(self, "lazy_of")
+        if planner is None or name not in ("fields", "key"):
             raise AttributeError(name)
-        self.fields, self.fields_of = fields_of(self.engine), None
-        return self.fields
+        got = planner.engine_fields(self.engine) if name == "fields" else planner.engine_key(self.engine)
+        setattr(self, name, got)
+        return got
 
 
 def generated_dir(spec: Spec, ckpt: GeneratedCheckpoint) -> Path:
@@ -108,15 +113,19 @@ class Planner:
         self._expected = False  # expect_host() looked at every engine
         claim(spec.project.work_dir)  # checked when models.yaml was read (buildlib.confine)
         self.cache = StatCache(spec.project.work_dir / "statcache.sqlite")
-        self._digests: dict[Path, TreeDigest] = {}
+        self._digests: dict[Path, TreeDigest] = {}  # checkpoints' and input dirs'
+        # Tree stamps states() loaded for the fan-out to check (_trees_known), and the dirs whose digests it left
+        # unknown here (the stamp held in a child, or not at all): the first checkpoint() of one digests them all.
+        self._tree_stamps: dict[str, tuple[str, str, tuple[str, ...], str]] = {}
+        self._unverified: set[Path] = set()
         self._toolchains: dict[str, dict[str, str | None] | BackendUnavailable] = {}
         self._store: Store | bool | None = False  # False: not opened yet
         self._stamps: dict[str, Stamp] | None = None
         self._engines: list[Engine] | None = None
         self._new_stamps: dict[str, Stamp] = {}
-        # Build records (sched.record_text) states() learned without reading a manifest: engine dir -> the record
-        # its stamp keeps (the stamp held, or was made), or "" (no manifest: never built).
-        self.known_records: dict[str, str] = {}
+        self._parents: dict[str, bool] = {}  # engine dirs' parents: whether each is a dir (_has_manifest)
+        self._known: dict[str, str] = {}  # known_records, less the passes below
+        self._told_passes: list[tuple[list[Engine], list[Any]]] = []  # states() passes' engines and what was told
         self._shared_fields: dict[int, tuple[dict[str, Any], KeyTemplate]] = {}
         self._structures: dict[Path, CheckpointStructure] = {}
         self.build_records: dict[Path, dict[Path, tuple[float, int]]] = {}  # sched.model_records, per model dir
@@ -138,7 +147,7 @@ class Planner:
             return
         self._expected = engines is None
         stamps, root = self.stamps, self.spec.project
-        if any(base not in stamps and not os.path.exists(os.path.join(base, MANIFEST))
+        if any(base not in stamps and not self._has_manifest(base)
                for base in (e.path(root) for e in (self.engines() if engines is None else engines))):
             self._probe = host_probe()
 
@@ -172,6 +181,8 @@ class Planner:
     def checkpoint(self, model: ModelSpec) -> TreeDigest | None:
         """The checkpoint's Merkle digest, or None while a generated checkpoint does not exist yet."""
         d = checkpoint_dir(self.spec, model)
+        if d not in self._digests and d in self._unverified:
+            self._prefetch(self._unverified)
         if d not in self._digests:
             if not d.is_dir():
                 return None
@@ -180,8 +191,36 @@ class Planner:
 
     def prefetch_checkpoints(self, models: Iterable[ModelSpec]) -> None:
         """checkpoint() of many models at once: every file of every checkpoint in one stat-cache batch."""
-        dirs = {checkpoint_dir(self.spec, m) for m in models} - self._digests.keys()
+        self._prefetch({checkpoint_dir(self.spec, m) for m in models})
+
+    def _prefetch(self, dirs: set[Path]) -> None:
+        dirs = dirs - self._digests.keys()
+        self._unverified -= dirs
         self._digests.update(tree_digests([d for d in dirs if d.is_dir()], self.cache))
+
+    def _tree(self, d: Path) -> TreeDigest:
+        """tree_digest of an input dir, memoized with the checkpoints'."""
+        if d not in self._digests:
+            self._digests[d] = tree_digest(d, self.cache)
+        return self._digests[d]
+
+    def _tree_dirs(self, model: ModelSpec) -> list[Path]:
+        """The dirs whose digests go into the model's key: its checkpoint and input dirs (LoRA adapters...)."""
+        return [checkpoint_dir(self.spec, model),
+                *get_backend(model.backend).input_dirs(model, self.spec.project.root).values()]
+
+    def _trees_known(self, model: ModelSpec) -> bool:
+        """Whether every digest _shared needs for the model is known in this process without the stat cache:
+        memoized, or kept by a tree stamp states() loaded whose stats still hold. So a forked process of the
+        fan-out checks the checkpoints of its own models, and never opens sqlite: one pass over the fleet's
+        files, in parallel, and no separate one for the checkpoints."""
+        for d in self._tree_dirs(model):
+            if d not in self._digests:
+                held = held_tree(os.fspath(d), self._tree_stamps.get(os.fspath(d)))
+                if held is None:
+                    return False
+                self._digests[d] = held
+        return True
 
     def forget_checkpoint(self, model: ModelSpec) -> None:
         self._digests.pop(checkpoint_dir(self.spec, model), None)
@@ -221,6 +260,11 @@ class Planner:
             return None
         convert, target = self._own(engine)
         return {**shared[0], "convert": convert, "target": target}
+
+    def engine_key(self, engine: Engine) -> str | None:
+        """The engine's key (None while a generated checkpoint does not exist yet): see keyed_fields."""
+        shared = self._shared(engine.model)
+        return shared[1].key(*self._own(engine)) if shared is not None else None
 
     def keyed_fields(self, engine: Engine) -> tuple[dict[str, Any], str] | None:
         """The engine's fields and key. What every engine of a model shares (checkpoint, build options,
@@ -289,7 +333,7 @@ class Planner:
         for name, d in backend.input_dirs(model, self.spec.project.root).items():
             if not d.is_dir():
                 raise self._model_error(model, SpecError(f"{d} is not a directory", field=name))
-            got[name] = tree_digest(d, self.cache).digest
+            got[name] = self._tree(d).digest
         return got
 
     def converted_dir(self, engine: Engine) -> Path | None:
@@ -337,14 +381,14 @@ class Planner:
             return EngineState(engine, BLOCKED, [blocked, *reasons], key, fields, blocked, refit_of=refit_of)
         return EngineState(engine, STALE, reasons, key, fields, refit_of=refit_of)
 
-    def _unbuilt(self, engine: Engine, key: str, fields: dict[str, Any] | None = None) -> EngineState:
+    def _unbuilt(self, engine: Engine, key: str | None, fields: dict[str, Any] | None = None) -> EngineState:
         """The state of an engine whose dir has no manifest: missing, or blocked where this host cannot build it.
-        Without `fields`, they are made when first asked for (EngineState.lazy)."""
+        Without `fields`, they (and the key, if None) are made when first asked for (EngineState.lazy)."""
         reasons = [f"target {engine.arch} not built yet"]
         blocked = get_backend(engine.model.backend).blocked_reason(engine, self.host)
         state, reasons = (BLOCKED, [blocked, *reasons]) if blocked else (MISSING, reasons)
         if fields is None:
-            return EngineState.lazy(engine, state, reasons, key, self.engine_fields, blocked=blocked)
+            return EngineState.lazy(engine, state, reasons, key, self, blocked=blocked)
         return EngineState(engine, state, reasons, key, fields, blocked)
 
     def _stamp_holding(self, base: str, key: str) -> Stamp | None:
@@ -357,24 +401,37 @@ class Planner:
 
     def _told(self, engine: Engine) -> list[Any] | None:
         """What the engine's stamp or a missing manifest tells without reading any file: [FRESH, key, validated]
-        if its stamp proves it fresh, [MISSING, key] if its dir has no manifest (never built here, or removed),
-        else None (state() then tells why). Reads only: states() runs it in forked processes (buildlib.fanout)."""
-        try:
-            shared = self._shared(engine.model)
-        except (BackendUnavailable, SpecError):
-            return None  # state() reports it
+        if its stamp proves it fresh, [MISSING] if its dir has no manifest (never built here, or removed; its key
+        is made only if asked for: a no-op leaves such an engine out, or says it is not for this host), else None
+        (state() then tells why). Reads only: states() runs it in forked processes (buildlib.fanout)."""
+        model = engine.model
+        shared = self._shared_fields.get(id(model))
         if shared is None:
-            return None
+            if not self._trees_known(model):
+                return None  # state() digests it (never here: this may be a forked process)
+            try:
+                shared = self._shared(model)
+            except (BackendUnavailable, SpecError):
+                return None  # state() reports it
+            if shared is None:
+                return None
         base = engine.path(self.spec.project)
         stamp = self.stamps.get(base)
         if stamp is None:
-            if os.path.exists(os.path.join(base, MANIFEST)):
-                return None
-            return [MISSING, shared[1].key(*self._own(engine))]
+            return None if self._has_manifest(base) else [MISSING]
         key = shared[1].key(*self._own(engine))
         if stamp.key == key and stats_hold(base, stamp.names.split("\n"), stamp.sig):
             return [FRESH, key, stamp.validated]
         return None
+
+    def _has_manifest(self, base: str) -> bool:
+        """Whether the engine dir `base` has a manifest: one stat, or none where its parent (the model's arch dir)
+        is known absent: the engines of an arch never built here share one stat."""
+        parent = base.rpartition("/")[0]
+        there = self._parents.get(parent)
+        if there is None:
+            there = self._parents[parent] = os.path.isdir(parent)
+        return there and os.path.exists(f"{base}/{MANIFEST}")
 
     @property
     def stamps(self) -> dict[str, Stamp]:
@@ -388,35 +445,54 @@ class Planner:
         saved in one transaction, so the next run re-proves them with stats alone. The stamp checks (a key
         and ~7 stats per engine, all a no-op does) are fanned out over the CPU cores (buildlib.fanout)."""
         with gc_paused():
+            self._parents = {}  # what a dir held when this pass began: builds since may have made it
             self.expect_host(engines)  # loads the stamps, before fan_out forks, so every process has them
             return self._states(self.engines() if engines is None else engines)
 
     def _states(self, engines: list[Engine]) -> list[EngineState]:
         models = {id(e.model): e.model for e in engines}.values()  # by id: a ModelSpec hashes every field it has
-        self.prefetch_checkpoints(models)
+        dirs = {d for m in models for d in self._tree_dirs(m)} - self._digests.keys()
+        self._tree_stamps = self.cache.tree_stamps([os.fspath(d) for d in dirs])  # checked by the fan-out
         for backend in {m.backend for m in models}:  # likewise the toolchains (aoti's asks the compiler)
             with suppress(BackendUnavailable):  # state() reports it
                 self.toolchain(get_backend(backend))
+        # A running probe takes a core for its last few tens of ms: one process fewer where the check is about as
+        # short (on 2 cores, a 1,000-engine no-op took 0.158 s, not 0.173), not where it is longer (10,000 engines
+        # half blocked: 0.19 s in one process, 0.10 s in two beside the probe). Chunks are of one size: this
+        # process makes the EngineStates once every chunk is told.
+        busy = int(self._probe is not None and self._probe.running and len(engines) < PROBE_ENGINES)
+        tolds = fan_out(engines, self._told, busy=busy)
+        self._tree_stamps = {}
+        self._unverified |= dirs - self._digests.keys()
         out = []
-        # This process then makes an EngineState for every engine: its chunk is a little smaller. A running
-        # probe takes a core: one process fewer (on 2 cores, a 1,000-engine no-op took 0.158 s, not 0.173).
-        busy = int(self._probe is not None and self._probe.running)
-        for e, told in zip(engines, fan_out(engines, self._told, local_share=0.85, busy=busy), strict=True):
+        for e, told in zip(engines, tolds, strict=True):
             if told is None:
                 out.append(self.state(e))
             elif told[0] == FRESH:
-                out.append(EngineState.lazy(e, FRESH, [], told[1], self.engine_fields, validated=told[2]))
-                base = e.path(self.spec.project)
-                self.known_records[base] = self.stamps[base].built
+                out.append(EngineState.lazy(e, FRESH, [], told[1], self, validated=told[2]))
             else:
-                out.append(self._unbuilt(e, told[1]))
-                self.known_records[e.path(self.spec.project)] = ""
+                out.append(self._unbuilt(e, None))
+        self._told_passes.append((engines, tolds))
         if self._new_stamps:
             self.cache.store_stamps(self._new_stamps)
             self.stamps.update(self._new_stamps)
             self.known_records.update((d, st.built) for d, st in self._new_stamps.items())
             self._new_stamps = {}
         return out
+
+    @property
+    def known_records(self) -> dict[str, str]:
+        """Build records (sched.record_text) states() learned without reading a manifest: engine dir -> the record
+        its stamp keeps (the stamp held, or was made), or "" (no manifest: never built). Made from the passes' told
+        results when first asked for (a plan's estimates), not on a no-op."""
+        root = self.spec.project
+        for engines, tolds in self._told_passes:
+            for e, told in zip(engines, tolds, strict=True):
+                if told is not None:
+                    base = e.path(root)
+                    self._known[base] = self.stamps[base].built if told[0] == FRESH else ""
+        self._told_passes.clear()
+        return self._known
 
     def build_record(self, engine_dir: Path) -> tuple[float, int] | None:
         """sched.build_record of an engine dir, from what states() learned where it can (known_records: its stamp

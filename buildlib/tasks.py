@@ -281,9 +281,13 @@ def task_dicts(planner: Planner, left_out: LeftOut | None = None) -> Iterator[di
     convert_needed = {e.convert_id for e, st in states if st.state in (STALE, MISSING)}
     for engine, st in states:
         model = engine.model
-        if left_out is not None and not serves and st.state == FRESH and (st.validated or not model.validate):
-            left_out.done.append(engine.id)  # nothing to do (checked first: a no-op over 10,000 engines is this)
-            continue
+        if left_out is not None and not serves:  # checked first: a no-op over 10,000 engines is this
+            if st.state == FRESH and (st.validated or not model.validate):
+                left_out.done.append(engine.id)  # nothing to do
+                continue
+            if st.state == BLOCKED and no_store:
+                left_out.blocked.setdefault(st.reasons[0], []).append(engine.id)
+                continue
         deps = [f"checkpoint:{model.name}"] if model.name in generate else []
         needed = engine.convert_id in convert_needed
         if get_backend(model.backend).has_convert and (needed or left_out is None):
