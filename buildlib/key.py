@@ -32,15 +32,18 @@ class KeyTemplate:
     members' JSON. The planner makes one per model, so a no-op over 10,000 engines does not re-encode each
     engine's ~60 build options."""
 
-    def __init__(self, shared: dict[str, Any], own: tuple[str, ...]):
+    def __init__(self, shared: dict[str, Any], own: tuple[str, ...], encoded: dict[str, str] | None = None):
+        """`encoded`: the canonical JSON of some shared values, made already (the planner's of a build it has
+        seen for another model)."""
         assert not shared.keys() & set(own), "a field is either shared or own"
+        encoded = encoded or {}
         self._pieces: list[str] = []  # the JSON between the own fields' values, in key order
         self._order: list[int] = []  # which own field goes into each gap
         text = "{"
         for k in sorted([*shared, *own]):
             text += ("," if text != "{" else "") + f"{encode_basestring(k)}:"
             if k in shared:
-                text += canonical_json(shared[k])
+                text += encoded[k] if k in encoded else canonical_json(shared[k])
             else:
                 self._pieces.append(text)
                 self._order.append(own.index(k))

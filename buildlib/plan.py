@@ -21,7 +21,7 @@ from .gcpause import gc_paused
 from .gpu import GpuProbe, Host, detect_host, host_probe
 from .hashing import TreeDigest, held_tree, tree_digest, tree_digests
 from .isa import host_isa
-from .key import KeyTemplate, diff_fields, key_of
+from .key import KeyTemplate, canonical_json, diff_fields, key_of
 from .manifest import (
     MANIFEST,
     VALIDATION,
@@ -127,6 +127,7 @@ class Planner:
         self._known: dict[str, str] = {}  # known_records, less the passes below
         self._told_passes: list[tuple[list[Engine], list[Any]]] = []  # states() passes' engines and what was told
         self._shared_fields: dict[int, tuple[dict[str, Any], KeyTemplate]] = {}
+        self._builds: dict[tuple[str, tuple[tuple[str, Any], ...], str | None], tuple[dict[str, Any], str]] = {}
         self._structures: dict[Path, CheckpointStructure] = {}
         self.build_records: dict[Path, dict[Path, tuple[float, int]]] = {}  # sched.model_records, per model dir
 
@@ -293,15 +294,15 @@ class Planner:
         ckpt = self.checkpoint(model)
         if ckpt is None:
             return None
+        build, build_json = self._model_build(backend, model)
         fields: dict[str, Any] = {"backend": backend.name, "checkpoint": ckpt.digest,
-                                  "toolchain": self.toolchain(backend), "recipe": RECIPE_VERSION,
-                                  "build": self._model_build(backend, model)}
+                                  "toolchain": self.toolchain(backend), "recipe": RECIPE_VERSION, "build": build}
         if model.refit:  # built refittable (absent otherwise, so keys without refit stay as they were)
             fields["refit"] = True
         inputs = self._inputs(backend, model)
         if inputs:
             fields["inputs"] = inputs
-        got = self._shared_fields[id(model)] = fields, KeyTemplate(fields, ("convert", "target"))
+        got = self._shared_fields[id(model)] = fields, KeyTemplate(fields, ("convert", "target"), {"build": build_json})
         return got
 
     def convert_fields(self, engine: Engine) -> dict[str, Any] | None:
@@ -317,15 +318,27 @@ class Planner:
         return SpecError(e.message, Where(self.spec.project.models_path, model.line),
                          f"models[{model.name}].{e.field}" if e.field else f"models[{model.name}]")
 
-    def _model_build(self, backend: Backend, model: ModelSpec) -> dict[str, Any]:
-        """The backend's build options for the model; the checkpoint's architecture is read only where the
-        options depend on it (never for the default option set, so a no-op reads no config.json)."""
+    def _model_build(self, backend: Backend, model: ModelSpec) -> tuple[dict[str, Any], str]:
+        """The backend's build options for the model, and their canonical JSON; the checkpoint's architecture is
+        read only where the options depend on it (never for the default option set, so a no-op reads no
+        config.json). Memoized on what they are made from (Backend.model_build: the options and the
+        architecture): a fleet's models mostly share a build, and its JSON was a third of a model's key template."""
         arch = model_architecture(model, checkpoint_dir(self.spec, model)) if backend.needs_architecture(model) \
             else None
+        memo: tuple[str, tuple[tuple[str, Any], ...], str | None] | None = (backend.name, model.build, arch)
         try:
-            return backend.model_build(model, arch)
-        except SpecError as e:
-            raise self._model_error(model, e) from None
+            got = self._builds.get(memo)  # type: ignore[arg-type]
+        except TypeError:  # an option whose value is a list or a dict: not memoized
+            got = memo = None
+        if got is None:
+            try:
+                build = backend.model_build(model, arch)
+            except SpecError as e:
+                raise self._model_error(model, e) from None
+            got = build, canonical_json(build)
+            if memo is not None:
+                self._builds[memo] = got
+        return got
 
     def _inputs(self, backend: Backend, model: ModelSpec) -> dict[str, str]:
         """Digests of the directories besides the checkpoint that shape the engine (e.g. LoRA adapters)."""

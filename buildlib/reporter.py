@@ -100,15 +100,21 @@ class EngineReporter(ConsoleReporter):
         if self.monitor is not None:
             self.monitor.finish()
         left = self.left_out
-        not_built = {why: list(ids) for why, ids in (left.blocked.items() if left else ())}
+        named: dict[str, list[str]] = {}  # reason -> the first engines not built for it, by id
+        count: Counter[str] = Counter()
+        for why, left_engines in (left.blocked.items() if left else ()):
+            named[why] = [e.id for e in left_engines[:3]]  # 5,000 blocked engines: three ids made, not 5,000
+            count[why] = len(left_engines)
         for why, ids in self.blocked.items():
-            not_built.setdefault(why, []).extend(ids)
-        for reason, ids in not_built.items():
-            some = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
-            self.write(f"{engines(len(ids))} not built here, {reason}: {some}\n")
+            named.setdefault(why, []).extend(ids)
+            count[why] += len(ids)
+        for reason, ids in named.items():
+            n = count[reason]
+            some = ", ".join(ids[:3]) + (f" and {n - 3} more" if n > 3 else "")
+            self.write(f"{engines(n)} not built here, {reason}: {some}\n")
         tally = Counter(self.tally)
         tally["up to date"] += len(left.done) if left else 0
-        tally["not for this host"] += sum(len(ids) for ids in not_built.values())
+        tally["not for this host"] += count.total()
         words = ", ".join(f"{tally[k]} {k}" for k in TALLY if tally[k])
         idle = not any(tally[k] for k in TALLY if k not in ("up to date", "not for this host"))
         self.write(("nothing to do: " + (words or "no engines") if idle else words) + "\n")

@@ -94,6 +94,14 @@ class ModelSpec:
     def build_options(self) -> dict[str, Any]:
         return dict(self.build)
 
+    def build_option(self, name: str) -> Any:
+        """One build option (None if unset), without build_options' copy of all ~60: the planner asks a few per
+        model on every run. The lookup dict is kept in __dict__ (frozen), never handed out."""
+        got = self.__dict__.get("_build_dict")
+        if got is None:
+            got = self.__dict__["_build_dict"] = dict(self.build)
+        return got.get(name)
+
     @property
     def quant(self) -> dict[str, str | None] | None:
         return dict(self.quantization) if self.quantization else None

@@ -232,8 +232,8 @@ def group_names(planner: Planner) -> list[str]:
 class LeftOut:
     """The engines task_dicts gave no tasks, for the reporter's end-of-run lines."""
 
-    done: list[str] = field(default_factory=list)  # fresh, and validated where validated
-    blocked: dict[str, list[str]] = field(default_factory=dict)  # reason -> engines this host cannot build
+    done: list[Engine] = field(default_factory=list)  # fresh, and validated where validated
+    blocked: dict[str, list[Engine]] = field(default_factory=dict)  # reason -> engines this host cannot build
     wanted: frozenset[str] = frozenset({"engines"})  # the groups the run asked for: only they are made when empty
 
 
@@ -283,10 +283,10 @@ def task_dicts(planner: Planner, left_out: LeftOut | None = None) -> Iterator[di
         model = engine.model
         if left_out is not None and not serves:  # checked first: a no-op over 10,000 engines is this
             if st.state == FRESH and (st.validated or not model.validate):
-                left_out.done.append(engine.id)  # nothing to do
+                left_out.done.append(engine)  # nothing to do
                 continue
             if st.state == BLOCKED and no_store:
-                left_out.blocked.setdefault(st.reasons[0], []).append(engine.id)
+                left_out.blocked.setdefault(st.reasons[0], []).append(engine)
                 continue
         deps = [f"checkpoint:{model.name}"] if model.name in generate else []
         needed = engine.convert_id in convert_needed
@@ -310,10 +310,10 @@ def task_dicts(planner: Planner, left_out: LeftOut | None = None) -> Iterator[di
                    [f"validate:{engine.id}" if model.validate else f"build:{engine.id}"],
                    "actions": [(triton_action, [project, engine])], "uptodate": [TritonFresh(project, engine)]}
         if left_out is not None and done:
-            left_out.done.append(engine.id)
+            left_out.done.append(engine)
             continue
         if left_out is not None and st.state == BLOCKED and no_store:
-            left_out.blocked.setdefault(st.reasons[0], []).append(engine.id)
+            left_out.blocked.setdefault(st.reasons[0], []).append(engine)
             continue
         bname, vname = f"build:{engine.id}", f"validate:{engine.id}"
         secs = 0.0 if fresh else engine_expected_seconds(planner, engine)

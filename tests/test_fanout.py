@@ -150,3 +150,37 @@ def test_gpu_probe_starts_early_only_when_an_engine_is_unbuilt(fleet: Path, monk
     p = _planner(fleet)
     p.expect_host()  # as the doit loader does, before doit sets up
     assert [s.state for s in p.states()] == [FRESH, FRESH, BLOCKED] and started == [1]
+
+
+def test_an_engine_built_between_two_passes_is_seen(fleet: Path, forks: None):  # noqa: F811
+    """A pass that found an engine's arch dir absent (so none of its engines had a manifest: one stat for all)
+    does not carry that over: once the engine is built there, the same planner's next pass sees it fresh."""
+    import shutil
+
+    _add_unbuilt(fleet)
+    p = _planner(fleet)
+    assert [s.state for s in p.states()] == [FRESH, FRESH, BLOCKED]
+    a, _, c = p.engines()
+    assert not c.dir(p.spec.project).parent.exists()
+    # model c is model a's checkpoint with a's options: a's engine is c's (the key has no model name)
+    shutil.copytree(a.dir(p.spec.project), c.dir(p.spec.project))
+    again = p.states()
+    assert [s.state for s in again] == [FRESH, FRESH, FRESH] and again[2].key == again[0].key
+
+
+def test_a_checkpoint_changed_is_seen_by_the_children_and_digested_here(fleet: Path, forks: None):  # noqa: F811
+    """Checkpoints' tree stamps are checked in the fan-out by whichever process checks their engines: a shard
+    rewritten in place (same size) fails its stamp there, so the engine is told by the full state() here, which
+    digests the checkpoint anew (stale, blocked on this host without an sm90 GPU, and why); the digest of a
+    checkpoint whose stamp held only in a child is made here on first use, as it is."""
+    p = _planner(fleet)
+    a, b = p.engines()
+    shard = next((fleet / "ckpt" / "b").glob("*.safetensors"))
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    states = p.states()
+    assert [s.state for s in states] == [FRESH, BLOCKED]
+    assert f"checkpoint {shard.name} changed" in states[1].reasons, states[1].reasons
+    assert p.checkpoint(a.model) == _planner(fleet).checkpoint(a.model)
+    assert p.checkpoint(b.model) == _planner(fleet).checkpoint(b.model) != None  # noqa: E711

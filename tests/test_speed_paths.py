@@ -165,8 +165,8 @@ def test_naming_cpu_engines_runs_no_gpu_probe(tmp_path: Path, monkeypatch: pytes
 
 
 def test_key_template_gives_key_of():
-    """KeyTemplate (a model's shared fields encoded once) makes exactly key_of's bytes, whichever fields are own;
-    canonical_json is json.dumps with the canonical options."""
+    """KeyTemplate (a model's shared fields encoded once) makes exactly key_of's bytes, whichever fields are own
+    and whichever shared ones come encoded already; canonical_json is json.dumps with the canonical options."""
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
@@ -183,6 +183,8 @@ def test_key_template_gives_key_of():
         own = tuple(data.draw(st.lists(st.sampled_from(sorted(fields)), unique=True)))
         shared = {k: v for k, v in fields.items() if k not in own}
         assert KeyTemplate(shared, own).key(*(fields[k] for k in own)) == key_of(fields)
+        encoded = {k: canonical_json(v) for k, v in shared.items() if data.draw(st.booleans())}  # made already
+        assert KeyTemplate(shared, own, encoded).key(*(fields[k] for k in own)) == key_of(fields)
         # canonical_json's one C encoder gives json.dumps' bytes: keys of engines built before it are unchanged
         assert canonical_json(fields) == json.dumps(fields, sort_keys=True, separators=(",", ":"),
                                                     ensure_ascii=False, allow_nan=False)
@@ -331,3 +333,29 @@ def test_gc_paused_over_a_bulk_and_the_loader_resumes_it(tmp_path: Path, monkeyp
         gc.unfreeze()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+
+
+def test_models_sharing_a_build_share_its_encoding_not_their_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The planner resolves and encodes a build once per distinct (options, architecture) (#15): three models
+    with one build and one with another make two encodings; every engine's key is still key_of its own fields.
+    (A build with a list-valued option, not memoized, is keyed in test_trtllm_contract's LoRA tests.)"""
+    from buildlib import plan as plan_mod
+    from buildlib.key import key_of
+    from buildlib.plan import Planner
+
+    write_hf_checkpoint(tmp_path / "ckpt/llama")
+    (tmp_path / "models.yaml").write_text(
+        "defaults: {backend: aoti, dtype: float32, archs: [sm90], build: {max_batch_size: 2}}\nmodels:\n"
+        "  - {name: a, checkpoint: ckpt/llama}\n  - {name: b, checkpoint: ckpt/llama, dtype: float16}\n"
+        "  - {name: c, checkpoint: ckpt/llama}\n  - {name: d, checkpoint: ckpt/llama, build: {max_batch_size: 3}}\n")
+    encoded: list[int] = []
+    real = plan_mod.canonical_json
+    monkeypatch.setattr(plan_mod, "canonical_json", lambda v: encoded.append(1) or real(v))
+    planner = Planner(load_spec(tmp_path / "models.yaml"))
+    keys = []
+    for e in planner.engines():
+        got = planner.keyed_fields(e)
+        assert got is not None and got[1] == key_of(got[0])
+        keys.append(got[1])
+    assert len(encoded) == 2  # a, b and c share a build (dtype is a convert field); d has its own
+    assert keys[0] == keys[2] and len(set(keys)) == 3  # a and c: one engine twice over (no model name in a key)

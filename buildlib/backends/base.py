@@ -100,10 +100,11 @@ class Backend(ABC):
         """Versions that shape the artifact; raise BackendUnavailable when it cannot build here."""
 
     def model_build(self, model: ModelSpec, architecture: str | None) -> dict[str, Any]:
-        """The build options every engine of the model is built with, as the key records them (the planner
-        asks once per model). Most resolution happens in resolve_build (options alone); this adds what depends
-        on the model architecture (`architecture`: the checkpoint's, or None when needs_architecture() said it
-        is not needed)."""
+        """The build options every engine of the model is built with, as the key records them. Most resolution
+        happens in resolve_build (options alone); this adds what depends on the model architecture
+        (`architecture`: the checkpoint's, or None when needs_architecture() said it is not needed). A function
+        of model.build and `architecture` only: the planner asks once per distinct pair (models of a fleet
+        mostly share one)."""
         return model.build_options
 
     def needs_architecture(self, model: ModelSpec) -> bool:

@@ -111,7 +111,7 @@ class TrtllmBackend(Backend):
             for a in model.archs:
                 check_target(opts, _sm(a))
             check_quantization(opts, (model.quant or {}).get("algo"))
-            if needs_architecture(opts):
+            if needs_architecture(opts.get):
                 ckpt = model.checkpoint if isinstance(model.checkpoint, Path) else Path()
                 resolve_for_model(opts, model_architecture(model, ckpt))
         except OptionError as e:
@@ -123,7 +123,7 @@ class TrtllmBackend(Backend):
                             field="build.kv_cache_type")
 
     def needs_architecture(self, model: ModelSpec) -> bool:
-        return needs_architecture(model.build_options)
+        return needs_architecture(model.build_option)
 
     def model_build(self, model: ModelSpec, architecture: str | None) -> dict[str, Any]:
         try:
@@ -132,7 +132,7 @@ class TrtllmBackend(Backend):
             raise SpecError(e.message, field=f"build.{e.field}") from None
 
     def input_dirs(self, model: ModelSpec, root: Path) -> dict[str, Path]:
-        dirs = model.build_options.get("lora_dir") or ()
+        dirs = model.build_option("lora_dir") or ()
         return {f"build.lora_dir[{i}]": root / d for i, d in enumerate(dirs)}
 
     def toolchain(self) -> dict[str, str | None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -347,11 +348,11 @@ def check_quantization(r: dict[str, object], quant_algo: str | None) -> None:
                               "checkpoints (only FP8 and MIXED_PRECISION keep it); disable it or use fp8")
 
 
-def needs_architecture(r: dict[str, object]) -> bool:
+def needs_architecture(option: Callable[[str], object]) -> bool:
     """Whether resolve_for_model() depends on the model architecture (most option sets do not, so the
-    planner reads no checkpoint config for them)."""
-    kv = r["kv_cache_type"]
-    return r["pp_reduce_scatter"] == "enable" or r["paged_state"] == "disable" or kv not in (None, "paged")
+    planner reads no checkpoint config for them). `option`: a resolved option by name (ModelSpec.build_option)."""
+    kv = option("kv_cache_type")
+    return option("pp_reduce_scatter") == "enable" or option("paged_state") == "disable" or kv not in (None, "paged")
 
 
 def resolve_for_model(r: dict[str, object], architecture: str | None) -> dict[str, object]:
