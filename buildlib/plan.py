@@ -471,10 +471,12 @@ class Planner:
                 self.toolchain(get_backend(backend))
         # A running probe takes a core for its last few tens of ms: one process fewer where the check is about as
         # short (on 2 cores, a 1,000-engine no-op took 0.158 s, not 0.173), not where it is longer (10,000 engines
-        # half blocked: 0.19 s in one process, 0.10 s in two beside the probe). Chunks are of one size: this
-        # process makes the EngineStates once every chunk is told.
+        # half blocked: 0.19 s in one process, 0.10 s in two beside the probe). This process's chunk is a little
+        # larger: a forked child checks more slowly (its first write to each page of the shared heap, refcounts
+        # included, copies it), and this one makes the EngineStates once every chunk is told (making them
+        # meanwhile was slower).
         busy = int(self._probe is not None and self._probe.running and len(engines) < PROBE_ENGINES)
-        tolds = fan_out(engines, self._told, busy=busy)
+        tolds = fan_out(engines, self._told, local_share=1.1, busy=busy)
         self._tree_stamps = {}
         self._unverified |= dirs - self._digests.keys()
         out = []
