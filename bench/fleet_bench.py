@@ -664,9 +664,10 @@ def report(res: dict[str, Any]) -> str:
          f"({res['smoke']}).", "",
          "- **ours**: `doit` in the fleet repo, whose pyproject.toml has `[tool.doit] loader = \"buildlib\"` (the "
          "shipped way, and what the README tells another repo to write). A no-op gives doit no tasks for engines "
-         "with nothing to do (fresh, or blocked with no store to restore them from): per engine one key (a "
-         "per-model template, buildlib.key.KeyTemplate) and ~7 stats (its stamp), checked on every core "
-         "(buildlib.fanout); per checkpoint the stats of its files (its tree stamp).",
+         "with nothing to do (fresh, or blocked with no store to restore them from): per fresh engine one key (a "
+         "per-model template, buildlib.key.KeyTemplate) and ~7 stats (its stamp); per unbuilt engine one stat "
+         "(none where its arch dir is absent) and no key; per checkpoint the stats of its files and dirs (its tree "
+         "stamp); all checked on every core (buildlib.fanout).",
          "- **ours, dodo.py**: the same models.yaml through a dodo.py like this repo's (no loader set): doit gets "
          "every task of every engine (README: why the loader is the way to run it).",
          "- **doit-md5, per engine**: the engines this host can build (one `nvidia-smi` query in the dodo, as a "
