@@ -57,11 +57,12 @@ class EngineState:
 
     @classmethod
     def lazy(cls, engine: Engine, state: str, reasons: list[str], key: str | None, planner: Planner,
-             **more: Any) -> EngineState:
+             blocked: str | None = None, validated: bool = False) -> EngineState:
         """A state told by a stamp or a missing manifest (Planner.states), whose `fields` (and `key`, if None
         here) the planner makes on first use: a no-op never asks for them; 10,000 field dicts were a tenth of a
-        no-op over 10,000 engines, and the keys of 5,000 unbuilt engines a twentieth."""
-        s = cls(engine, state, reasons, key, lazy_of=planner, **more)
+        no-op over 10,000 engines, and the keys of 5,000 unbuilt engines a twentieth. (Made with positional
+        arguments: half the cost of keywords.)"""
+        s = cls(engine, state, reasons, key, None, blocked, None, validated, None, None, planner)
         del s.fields  # unset: the first read goes to __getattr__
         if key is None:
             del s.key
@@ -124,6 +125,8 @@ class Planner:
         self._engines: list[Engine] | None = None
         self._new_stamps: dict[str, Stamp] = {}
         self._parents: dict[str, bool] = {}  # engine dirs' parents: whether each is a dir (_has_manifest)
+        self._model_dirs: dict[int, list[Path]] = {}  # _tree_dirs
+        self._unbuilt_why: dict[tuple[int, str], tuple[str | None, list[str]]] = {}  # _unbuilt, per model and arch
         self._known: dict[str, str] = {}  # known_records, less the passes below
         self._told_passes: list[tuple[list[Engine], list[Any]]] = []  # states() passes' engines and what was told
         self._shared_fields: dict[int, tuple[dict[str, Any], KeyTemplate]] = {}
@@ -206,9 +209,13 @@ class Planner:
         return self._digests[d]
 
     def _tree_dirs(self, model: ModelSpec) -> list[Path]:
-        """The dirs whose digests go into the model's key: its checkpoint and input dirs (LoRA adapters...)."""
-        return [checkpoint_dir(self.spec, model),
-                *get_backend(model.backend).input_dirs(model, self.spec.project.root).values()]
+        """The dirs whose digests go into the model's key: its checkpoint and input dirs (LoRA adapters...).
+        Memoized by the model object's id (the spec holds the models), as states() and _trees_known ask."""
+        got = self._model_dirs.get(id(model))
+        if got is None:
+            inputs = get_backend(model.backend).input_dirs(model, self.spec.project.root)
+            got = self._model_dirs[id(model)] = [checkpoint_dir(self.spec, model), *inputs.values()]
+        return got
 
     def _trees_known(self, model: ModelSpec) -> bool:
         """Whether every digest _shared needs for the model is known in this process without the stat cache:
@@ -397,9 +404,13 @@ class Planner:
     def _unbuilt(self, engine: Engine, key: str | None, fields: dict[str, Any] | None = None) -> EngineState:
         """The state of an engine whose dir has no manifest: missing, or blocked where this host cannot build it.
         Without `fields`, they (and the key, if None) are made when first asked for (EngineState.lazy)."""
-        reasons = [f"target {engine.arch} not built yet"]
-        blocked = get_backend(engine.model.backend).blocked_reason(engine, self.host)
-        state, reasons = (BLOCKED, [blocked, *reasons]) if blocked else (MISSING, reasons)
+        memo = self._unbuilt_why.get((id(engine.model), engine.arch))
+        if memo is None:  # Backend.blocked_reason: the same for every tp/pp of a model's arch
+            blocked = get_backend(engine.model.backend).blocked_reason(engine, self.host)
+            why = f"target {engine.arch} not built yet"
+            memo = self._unbuilt_why[id(engine.model), engine.arch] = (blocked, [blocked, why] if blocked else [why])
+        blocked, reasons = memo[0], list(memo[1])
+        state = BLOCKED if blocked else MISSING
         if fields is None:
             return EngineState.lazy(engine, state, reasons, key, self, blocked=blocked)
         return EngineState(engine, state, reasons, key, fields, blocked)
@@ -476,7 +487,7 @@ class Planner:
         # included, copies it), and this one makes the EngineStates once every chunk is told (making them
         # meanwhile was slower).
         busy = int(self._probe is not None and self._probe.running and len(engines) < PROBE_ENGINES)
-        tolds = fan_out(engines, self._told, local_share=1.1, busy=busy)
+        tolds = fan_out(engines, self._told, local_share=1.2, busy=busy)
         self._tree_stamps = {}
         self._unverified |= dirs - self._digests.keys()
         out = []

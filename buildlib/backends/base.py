@@ -123,7 +123,8 @@ class Backend(ABC):
                 "model_class": m.model_class}
 
     def blocked_reason(self, engine: Engine, host: Host) -> str | None:
-        """Why this host cannot build the engine (`needs an sm80 host`), or None if it can."""
+        """Why this host cannot build the engine (`needs an sm80 host`), or None if it can. A function of the
+        engine's arch and model (not its tp/pp) and the host: the planner asks once per model and arch."""
         if GPU_ARCH_RE.fullmatch(engine.arch) and not host.gpus_of(engine.arch, engine.model.gpu_name):
             gpu = f" with a {engine.model.gpu_name}" if engine.model.gpu_name else ""
             return f"needs an {engine.arch} host{gpu}"
