@@ -145,6 +145,11 @@ class Outcome(NamedTuple):
     how: str
 
 
+def _blocked(engine: Engine, why: str) -> Outcome:
+    say(f"{engine.id}: {why}; not built here")
+    return Outcome(BLOCKED, why, "blocked")
+
+
 def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None,
           priority: float = 0.0) -> Outcome:
     """Build one engine unless it is fresh; returns what it did (Outcome).
@@ -152,16 +157,21 @@ def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None,
     Under the per-engine lock the state is decided again, so a concurrent run that just built
     this engine makes this call a no-op instead of a second build. With a store configured, an
     engine whose key is there is restored (verified) instead of built, even on a host that could
-    not build it; a built engine is pushed.
+    not build it; a built engine is pushed. One this host cannot build, with no store to restore it from,
+    is reported without the lock: nothing is written for it, so not even its lock file's dir is made.
     """
     backend = get_backend(engine.model.backend)
     dest = engine.dir(planner.spec.project)
     claim(planner.spec.project.engines_dir)  # checked when models.yaml was read (buildlib.confine)
+    store = planner.store
+    if store is None:
+        st = planner.state(engine)
+        if st.state == BLOCKED:  # nothing will be written: no lock, so no dir made for an engine of another host
+            return _blocked(engine, st.reasons[0])
     with locked(dest, _waiting(f"build:{engine.id}")):
         st = planner.state(engine)
         if st.state == FRESH:
             return Outcome(FRESH, None, "up to date")
-        store = planner.store
         if store is not None and st.key:
             with progress.step(planner.spec.project.work_dir, f"build:{engine.id}", "restore"):
                 restored = _restore(planner, store, st.key, st.fields or {}, dest)
@@ -169,8 +179,7 @@ def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None,
                 say(f"restored {engine.id} from {store.url}")
                 return Outcome(FRESH, None, "restored")
         if st.state == BLOCKED:
-            say(f"{engine.id}: {st.reasons[0]}; not built here")
-            return Outcome(BLOCKED, st.reasons[0], "blocked")
+            return _blocked(engine, st.reasons[0])
         assert st.key and st.fields
         ckpt = planner.checkpoint(engine.model)
         assert ckpt is not None

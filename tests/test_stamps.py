@@ -157,3 +157,20 @@ def test_estimates_take_build_records_from_stamps(fleet: Path, monkeypatch: pyte
     monkeypatch.setattr(sched, "read_manifest", no_read)
     got = sched.engine_estimate(p, states[1].engine)
     assert (got.seconds, got.basis, got.builds) == (240.0, "its model", 1)  # 120 s on 2 GPUs, 1 worker here
+
+
+def test_building_an_engine_this_host_cannot_build_leaves_nothing(fleet: Path):
+    """A build task for an engine of another host (here: sm90 on a host with no GPU), with no store to restore it
+    from, reports it blocked without taking its lock: nothing is written for it, not even the lock file's dir
+    (which would cost later no-ops a stat per engine there; a dodo.py hands doit such tasks on every run)."""
+    from buildlib import steps
+    from buildlib.gpu import Host
+    from buildlib.isa import host_isa
+
+    with open(fleet / "models.yaml", "a") as f:
+        f.write("  - name: c\n    checkpoint: ckpt/a\n")
+    p = Planner(load_spec(fleet / "models.yaml"), host=Host((), host_isa()))
+    c = p.engines()[-1]
+    got = steps.build(p, c)
+    assert (got.state, got.why, got.how) == (BLOCKED, "needs an sm90 host", "blocked")
+    assert not (fleet / "engines" / "c").exists()
