@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,7 +115,7 @@ class Planner:
         self.cache = StatCache(spec.project.work_dir / "statcache.sqlite")
         self._digests: dict[Path, TreeDigest] = {}  # checkpoints' and input dirs'
         # Tree stamps states() loaded for the fan-out to check (_trees_known), and the dirs whose digests it left
-        # unknown here (the stamp held in a child, or not at all): the first checkpoint() of one digests them all.
+        # unknown here (the stamp held in a child, or not at all): the first _tree() of one digests them all.
         self._tree_stamps: dict[str, tuple[str, str, tuple[str, ...], str]] = {}
         self._unverified: set[Path] = set()
         self._toolchains: dict[str, dict[str, str | None] | BackendUnavailable] = {}
@@ -184,27 +183,17 @@ class Planner:
 
     def checkpoint(self, model: ModelSpec) -> TreeDigest | None:
         """The checkpoint's Merkle digest, or None while a generated checkpoint does not exist yet."""
-        d = checkpoint_dir(self.spec, model)
+        return self._tree(checkpoint_dir(self.spec, model))
+
+    def _tree(self, d: Path) -> TreeDigest | None:
+        """tree_digest of a checkpoint or input dir (None if it is not a dir), memoized. The first one left
+        unverified by states() digests all of those at once: every file of them in one stat-cache batch."""
         if d not in self._digests and d in self._unverified:
-            self._prefetch(self._unverified)
+            dirs, self._unverified = self._unverified - self._digests.keys(), set()
+            self._digests.update(tree_digests([u for u in dirs if u.is_dir()], self.cache))
         if d not in self._digests:
             if not d.is_dir():
                 return None
-            self._digests[d] = tree_digest(d, self.cache)
-        return self._digests[d]
-
-    def prefetch_checkpoints(self, models: Iterable[ModelSpec]) -> None:
-        """checkpoint() of many models at once: every file of every checkpoint in one stat-cache batch."""
-        self._prefetch({checkpoint_dir(self.spec, m) for m in models})
-
-    def _prefetch(self, dirs: set[Path]) -> None:
-        dirs = dirs - self._digests.keys()
-        self._unverified -= dirs
-        self._digests.update(tree_digests([d for d in dirs if d.is_dir()], self.cache))
-
-    def _tree(self, d: Path) -> TreeDigest:
-        """tree_digest of an input dir, memoized with the checkpoints'."""
-        if d not in self._digests:
             self._digests[d] = tree_digest(d, self.cache)
         return self._digests[d]
 
@@ -353,7 +342,9 @@ class Planner:
         for name, d in backend.input_dirs(model, self.spec.project.root).items():
             if not d.is_dir():
                 raise self._model_error(model, SpecError(f"{d} is not a directory", field=name))
-            got[name] = self._tree(d).digest
+            tree = self._tree(d)
+            assert tree is not None  # a dir, checked just above
+            got[name] = tree.digest
         return got
 
     def converted_dir(self, engine: Engine) -> Path | None:

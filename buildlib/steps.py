@@ -158,16 +158,16 @@ def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None,
     this engine makes this call a no-op instead of a second build. With a store configured, an
     engine whose key is there is restored (verified) instead of built, even on a host that could
     not build it; a built engine is pushed. One this host cannot build, with no store to restore it from,
-    is reported without the lock: nothing is written for it, so not even its lock file's dir is made.
+    is decided without the lock (fresh or blocked): nothing is written for it, not even its lock file's dir.
     """
     backend = get_backend(engine.model.backend)
     dest = engine.dir(planner.spec.project)
     claim(planner.spec.project.engines_dir)  # checked when models.yaml was read (buildlib.confine)
     store = planner.store
-    if store is None:
+    if store is None and backend.blocked_reason(engine, planner.host):
+        # Fresh or blocked, nothing is written here: no lock, so no dir is made for an engine of another host.
         st = planner.state(engine)
-        if st.state == BLOCKED:  # nothing will be written: no lock, so no dir made for an engine of another host
-            return _blocked(engine, st.reasons[0])
+        return Outcome(FRESH, None, "up to date") if st.state == FRESH else _blocked(engine, st.reasons[0])
     with locked(dest, _waiting(f"build:{engine.id}")):
         st = planner.state(engine)
         if st.state == FRESH:
