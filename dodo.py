@@ -3,7 +3,7 @@ models.yaml, or in $BUILDLIB_MODELS: the same tasks the buildlib loader gives (s
 
 import os
 
-from buildlib.plugin import dodo_tasks, doit_config
+from buildlib.cli.plugin import dodo_tasks, doit_config
 
 MODELS = os.environ.get("BUILDLIB_MODELS") or "models.yaml"
 DOIT_CONFIG = doit_config(MODELS)

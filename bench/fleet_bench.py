@@ -137,10 +137,11 @@ def make_fleet(root: Path, models: int, shards: int, shard_bytes: int, archs: li
 
 def materialize(root: Path) -> None:
     """(Run under the stand-in env.) Write every engine as a build would: outputs, manifest, validation.json."""
-    from buildlib.confine import claim
-    from buildlib.manifest import Manifest, record_outputs, write_json_durably, write_manifest
-    from buildlib.plan import BLOCKED, FRESH, Planner
-    from buildlib.spec import load_spec
+    from buildlib.core.manifest import Manifest, record_outputs, write_json_durably, write_manifest
+    from buildlib.host.confine import claim
+    from buildlib.plan.planner import Planner
+    from buildlib.plan.state import BLOCKED, FRESH
+    from buildlib.spec.load import load_spec
 
     planner = Planner(load_spec(root / "models.yaml"))
     claim(planner.spec.project.engines_dir)  # as the first build does (buildlib.confine)
@@ -362,7 +363,7 @@ ts = [threading.Thread(target=worker) for _ in range(threads)]
 [x.join() for x in ts]
 print(n / (time.perf_counter() - t))
 """
-OUR_HASH = ("import sys,time;from pathlib import Path;from buildlib.hashing import digest_files\n"
+OUR_HASH = ("import sys,time;from pathlib import Path;from buildlib.core.hashing import digest_files\n"
             "ps=[Path(p) for p in sys.argv[2:]];n=sum(p.stat().st_size for p in ps);t=time.perf_counter()\n"
             "digest_files(ps,None);print(n/(time.perf_counter()-t))")
 
@@ -371,7 +372,7 @@ def cold_hash(out: Path, gb: float, nfiles: int, runs: int, cached_gb: float) ->
     """GB/s of one plain reader, of plain readers on as many threads as digest_files uses, and of digest_files
     (xxh3-128, no stat cache) over the same real files: cold (page cache dropped before every pass; the set is
     larger than RAM where the disk allows) and cached (a subset of at most cached_gb, read once before)."""
-    from buildlib.hashing import _workers
+    from buildlib.core.hashing import _workers
 
     d = out / "cold"
     d.mkdir(parents=True, exist_ok=True)
@@ -665,9 +666,9 @@ def report(res: dict[str, Any]) -> str:
          "- **ours**: `doit` in the fleet repo, whose pyproject.toml has `[tool.doit] loader = \"buildlib\"` (the "
          "shipped way, and what the README tells another repo to write). A no-op gives doit no tasks for engines "
          "with nothing to do (fresh, or blocked with no store to restore them from): per fresh engine one key (a "
-         "per-model template, buildlib.key.KeyTemplate) and ~7 stats (its stamp); per unbuilt engine one stat "
+         "per-model template, buildlib.core.key.KeyTemplate) and ~7 stats (its stamp); per unbuilt engine one stat "
          "(none where its arch dir is absent) and no key; per checkpoint the stats of its files and dirs (its tree "
-         "stamp); all checked on every core (buildlib.fanout).",
+         "stamp); all checked on every core (buildlib.core.fanout).",
          "- **ours, dodo.py**: the same models.yaml through a dodo.py like this repo's (no loader set): doit gets "
          "every task of every engine (README: why the loader is the way to run it).",
          "- **doit-md5, per engine**: the engines this host can build (one `nvidia-smi` query in the dodo, as a "

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/ray_bench.py [--engines 100] [--gpus 4] [--seconds 1.0] [--out bench/results/ray.json]
 
-Two nodes on loopback, started with the node command (python -m buildlib.ray_node): one with --gpus
+Two nodes on loopback, started with the node command (python -m buildlib.fleet.ray_node): one with --gpus
 stand-in H100s (sm_90), one with --gpus stand-in A100s (sm_80), each declaring 2 x --gpus logical CPUs (a
 Ray task takes one CPU by default; a GPU box has many more CPUs than GPUs, this 2-core host does not).
 The fleet: engines/2 models, each for sm80 and sm90, tp1, no validation; every stand-in build sleeps

@@ -8,7 +8,7 @@ work is needed, picked at random: new build options (build + validate), a new dt
 local engines removed (restore from the store), validation records removed (validate only); starts
 `doit`, SIGKILLs it at a random instant within the time a full run takes, then counts:
 
-- falsely fresh: an engine `doit plan` calls fresh whose dir does not verify (buildlib.verify) or whose
+- falsely fresh: an engine `doit plan` calls fresh whose dir does not verify (buildlib.report.verify) or whose
   manifest key is not the planned one (target 0);
 - lost work: an engine fresh before the trial whose dir is gone or broken after the kill (target 0);
 - leftover processes: builder/validator processes of the project alive after the kill (target 0);
@@ -37,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from buildlib.verify import verify_dir  # noqa: E402
+from buildlib.report.verify import verify_dir  # noqa: E402
 from tests.conftest import H100, LOADER_PYPROJECT, built_engines, write_hf_checkpoint  # noqa: E402
 from tests.standins import standin_env  # noqa: E402
 

@@ -20,8 +20,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from buildlib.gpu import QUERY, Gpu, parse_nvidia_smi  # noqa: E402
-from buildlib.sched import describe, gpu_slots, order_longest_first  # noqa: E402
+from buildlib.host.gpu import QUERY, Gpu, parse_nvidia_smi  # noqa: E402
+from buildlib.host.slots import describe, gpu_slots  # noqa: E402
+from buildlib.plan.estimate import order_longest_first  # noqa: E402
 
 H100 = ("NVIDIA H100 80GB HBM3", "sm90", 81559)
 MIX = ((1, 0.60), (2, 0.25), (4, 0.15))  # tp1 / tp2 / tp4 share of builds
@@ -49,7 +50,7 @@ def task_all():
 
 def pretend_gpus(n: int, tmp: Path) -> tuple[list[Gpu], str]:
     """The pretend host's n idle H100s, detected the way buildlib does (nvidia-smi --query-gpu, parsed by
-    buildlib.gpu) through the stand-in nvidia-smi of tests/standins; a plain list where it is absent."""
+    buildlib.host.gpu) through the stand-in nvidia-smi of tests/standins; a plain list where it is absent."""
     try:
         from tests.standins import standin_env
     except ImportError:

@@ -32,9 +32,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from buildlib.key import key_of  # noqa: E402
-from buildlib.manifest import Manifest, record_outputs, write_manifest  # noqa: E402
-from buildlib.store import DirStore, S3Store  # noqa: E402
+from buildlib.core.key import key_of  # noqa: E402
+from buildlib.core.manifest import Manifest, record_outputs, write_manifest  # noqa: E402
+from buildlib.store.dir import DirStore  # noqa: E402
+from buildlib.store.s3 import S3Store  # noqa: E402
 
 MiB = 1 << 20
 FIELDS = {"bench": True}

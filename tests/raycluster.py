@@ -15,9 +15,10 @@ TAG = "ENGINEBUILD_TEST_CLUSTER"
 
 
 def start_node(env: dict[str, str], tag: str, *args: str) -> None:
-    """`python -m buildlib.ray_node ... --node-ip-address 127.0.0.1` with the cluster's tag in its environment
+    """`python -m buildlib.fleet.ray_node ... --node-ip-address 127.0.0.1` with the cluster's tag in its environment
     (2 logical CPUs unless args give --num-cpus: Ray gives each task one CPU by default)."""
-    r = subprocess.run([sys.executable, "-m", "buildlib.ray_node", "--num-cpus", "2", *args,  # args may say otherwise
+    r = subprocess.run([sys.executable, "-m", "buildlib.fleet.ray_node", "--num-cpus", "2",
+                        *args,  # args may say otherwise
                         "--node-ip-address", "127.0.0.1", "--disable-usage-stats"], capture_output=True, text=True,
                        timeout=300,
                        env={**env, TAG: tag, "RAY_USAGE_STATS_ENABLED": "0"})

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from buildlib.isa import host_isa
+from buildlib.host.isa import host_isa
 from tests.conftest import REPO, doit, plan
 
 ISA = host_isa()

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from buildlib.isa import aarch64_tier, host_isa, x86_tier
-from buildlib.proc import run_worker
-from buildlib.spec import CPU_ARCH_RE
-from buildlib.tinyllama import write_checkpoint
+from buildlib.core.model import CPU_ARCH_RE
+from buildlib.core.tinyllama import write_checkpoint
+from buildlib.host.isa import aarch64_tier, host_isa, x86_tier
+from buildlib.host.proc import run_worker
 
 needs_torch = pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("torch", "transformers")),
                                  reason="needs torch and transformers (pip install -e .[aoti])")

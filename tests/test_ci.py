@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from buildlib.ci import assign_shards
+from buildlib.report.ci import assign_shards
 from tests.conftest import LOADER_PYPROJECT, built_engines, copy_built, doit, plan, write_hf_checkpoint
 
 MODELS = ["m0", "m1", "m2", "m3", "m4", "crashy"]

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import xxhash
 
-from buildlib.hashing import hash_file, tree_digest
-from buildlib.key import canonical_json, diff_fields, key_of
-from buildlib.publish import publish, temp_dir_for
-from buildlib.statcache import Stamp, StatCache, settled
+from buildlib.core.hashing import hash_file, tree_digest
+from buildlib.core.key import canonical_json, diff_fields, key_of
+from buildlib.core.statcache import Stamp, StatCache, settled
+from buildlib.host.publish import publish, temp_dir_for
 
 
 def test_key_is_order_independent_and_sensitive():
@@ -38,7 +38,7 @@ def test_hash_file_matches_one_shot_xxh3(tmp_path: Path):
 
 
 def test_tree_digest_and_stat_cache(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr("buildlib.statcache.RACY_NS", 0)  # files here were written just now
+    monkeypatch.setattr("buildlib.core.statcache.RACY_NS", 0)  # files here were written just now
     root = tmp_path / "ckpt"
     (root / "sub").mkdir(parents=True)
     (root / "a.safetensors").write_bytes(b"a" * 1000)
@@ -82,7 +82,7 @@ def test_settled_allows_for_coarse_timestamps():
 
 
 def test_prune_forgets_entries_of_files_and_dirs_that_are_gone(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr("buildlib.statcache.RACY_NS", 0)
+    monkeypatch.setattr("buildlib.core.statcache.RACY_NS", 0)
     keep, gone, edir = tmp_path / "keep", tmp_path / "gone", tmp_path / "engine"
     for p in (keep, gone):
         p.write_bytes(b"x")

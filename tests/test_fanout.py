@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from buildlib import fanout
-from buildlib.plan import BLOCKED, FRESH
+from buildlib.core import fanout
+from buildlib.plan.state import BLOCKED, FRESH
 from tests.test_stamps import _planner, fleet  # noqa: F401 - fleet is a fixture
 
 
@@ -133,8 +133,8 @@ def test_unbuilt_engines_told_in_children_are_what_state_says(fleet: Path, forks
 def test_gpu_probe_starts_early_only_when_an_engine_is_unbuilt(fleet: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: F811
     """The probe (nvidia-smi) is started before the stamp checks when some engine has neither stamp nor
     manifest, so it runs meanwhile; a fleet of fresh engines never starts it; a planner starts it once."""
-    from buildlib import plan as plan_mod
-    from buildlib.gpu import GpuProbe
+    from buildlib.host.gpu import GpuProbe
+    from buildlib.plan import planner as plan_mod
 
     started: list[int] = []
 

@@ -18,10 +18,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from buildlib.errors import UserError
-from buildlib.gpu import Host
-from buildlib.plan import Planner
-from buildlib.spec import load_spec
+from buildlib.core.errors import UserError
+from buildlib.host.gpu import Host
+from buildlib.plan.planner import Planner
+from buildlib.spec.load import load_spec
 from tests.conftest import LOADER_PYPROJECT, doit, write_hf_checkpoint
 
 VALID = [

@@ -215,8 +215,8 @@ def test_refit_with_strip_plan_false_is_refused_at_plan_time(tmp_path, standins)
 def test_a_structure_record_is_trusted_only_if_it_recomputes(tmp_path):
     """A manifest (a store entry's too) vouches for a structure key only if its fields and file entries hash to it:
     an edited record cannot make a structural change pass for a weights-only one."""
-    from buildlib.hashing import tree_digest
-    from buildlib.structure import checkpoint_structure, recorded_key, structure_reasons, structure_record
+    from buildlib.core.hashing import tree_digest
+    from buildlib.core.structure import checkpoint_structure, recorded_key, structure_reasons, structure_record
 
     ckpt = write_hf_checkpoint(tmp_path / "ckpt", shards=1)
     fields = {"backend": "trtllm", "checkpoint": "x", "build": {"max_batch_size": 8}}

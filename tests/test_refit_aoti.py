@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from buildlib.isa import host_isa
+from buildlib.host.isa import host_isa
 from tests.conftest import LOADER_PYPROJECT, REPO, doit, plan
 from tests.test_aoti_e2e import _env
 
@@ -91,7 +91,7 @@ def test_fast_refit_copies_bytes_and_says_why_not(tmp_path):
     write_safetensors(ckpt / "model-2.safetensors", {"b": bytes(range(100, 108)), "extra": b"x"})
     out = tmp_path / "new.safetensors"
     assert fast_refit(old, ckpt, out) is None
-    from buildlib.checkpoint import safetensors_header
+    from buildlib.core.checkpoint import safetensors_header
 
     header, start = safetensors_header(out)
     data = out.read_bytes()[start:]
@@ -115,7 +115,7 @@ def test_torch_refit_worker_casts_where_the_checkpoint_dtype_differs(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from buildlib.backends.aoti_refit import fast_refit
-    from buildlib.tinyllama import write_checkpoint
+    from buildlib.core.tinyllama import write_checkpoint
 
     ckpt = tmp_path / "ckpt16"
     write_checkpoint(ckpt, seed=3, dtype="float16")

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from buildlib.gpu import Gpu
-from buildlib.ray_node import arch_resource, gpu_name_resource, node_resources, ray_start_argv
+from buildlib.fleet.ray_node import arch_resource, gpu_name_resource, node_resources, ray_start_argv
+from buildlib.host.gpu import Gpu
 from tests.conftest import A100, H100, LOADER_PYPROJECT, doit, plan, trtllm_log, write_hf_checkpoint
 
 
@@ -28,7 +28,7 @@ def test_node_resources_name_each_arch_and_exact_gpu():
 
 def test_node_command_reads_the_real_nvidia_smi_format(standins):
     env = standins(gpus=[H100, H100, A100])
-    r = subprocess.run([sys.executable, "-m", "buildlib.ray_node", "--print", "--head", "--node-ip-address",
+    r = subprocess.run([sys.executable, "-m", "buildlib.fleet.ray_node", "--print", "--head", "--node-ip-address",
                         "127.0.0.1"], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     argv = shlex.split(r.stdout.strip())
@@ -52,7 +52,7 @@ def test_worker_step_builds_what_the_driver_planned_and_refuses_another_key(tmp_
     (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
     env = standins(gpus=[H100])
     key = plan(root, env)["llama/sm90/tp1-pp1"]["key"]  # what a driver with no GPU plans
-    worker = [sys.executable, "-m", "buildlib.remote"]
+    worker = [sys.executable, "-m", "buildlib.fleet.remote"]
     bad = _request(tmp_path, models=str(root / "models.yaml"), engine="llama/sm90/tp1-pp1", step="build", key="0" * 32)
     r = subprocess.run([*worker, str(bad)], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "not building" in json.loads(r.stdout)["error"] and trtllm_log(env) == []

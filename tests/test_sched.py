@@ -13,23 +13,13 @@ from typing import Any
 
 import pytest
 
-from buildlib.engine import Engine
-from buildlib.gpu import Gpu, Host
-from buildlib.hashing import TreeDigest
-from buildlib.manifest import Manifest, write_manifest
-from buildlib.sched import (
-    ALLOW_BUSY_ENV,
-    Backoff,
-    GpusUnavailable,
-    GpuTimeout,
-    build_record,
-    eligible_gpus,
-    engine_expected_seconds,
-    expected_seconds,
-    gpu_slots,
-    order_longest_first,
-)
-from buildlib.spec import ModelSpec, Project
+from buildlib.core.engine import Engine
+from buildlib.core.hashing import TreeDigest
+from buildlib.core.manifest import Manifest, write_manifest
+from buildlib.core.model import ModelSpec, Project
+from buildlib.host.gpu import Gpu, Host
+from buildlib.host.slots import ALLOW_BUSY_ENV, Backoff, GpusUnavailable, GpuTimeout, eligible_gpus, gpu_slots
+from buildlib.plan.estimate import build_record, engine_expected_seconds, expected_seconds, order_longest_first
 
 CTX = mp.get_context("fork")  # explicit: the test helpers below are module-level anyway
 JOIN = 30  # seconds; a safety limit on joins, never used for ordering
@@ -214,7 +204,7 @@ def test_engine_expected_seconds_uses_checkpoint_size_and_host_gpus(tmp_path: Pa
 
 def test_a_models_build_records_are_read_once_per_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """#15: `doit plan` over 5,000 unbuilt engines read each model's manifests once per engine (7 s)."""
-    from buildlib import sched
+    from buildlib.plan import estimate as sched
 
     _engine_dir(tmp_path, "sm90", "tp1-pp1", 300.0)
     model = ModelSpec("m", tmp_path / "hf", "trtllm", "float16", None, ("sm100",), ((1, 1), (2, 1), (4, 1)), (),
@@ -232,7 +222,7 @@ def test_a_models_build_records_are_read_once_per_plan(tmp_path: Path, monkeypat
 
 def test_ring_survives_a_waiter_that_left_between_open_and_write(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import buildlib.sched as sched
+    import buildlib.host.slots as sched
 
     (tmp_path / "waiters").mkdir()
     os.mkfifo(tmp_path / "waiters" / "w_1.0e+00_1_1_0_1_x")

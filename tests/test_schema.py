@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 import yaml
 
-from buildlib import schema
+from buildlib.spec import schema
 from tests.conftest import REPO
 
 SHIPPED = [REPO / "models.yaml", REPO / "examples/fleet.yaml"]
@@ -26,7 +26,8 @@ def validator() -> jsonschema.Draft202012Validator:
 
 
 def test_the_committed_schema_is_what_the_tables_generate():
-    r = subprocess.run([sys.executable, "-m", "buildlib.schema", "--check"], cwd=REPO, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "buildlib.spec.schema", "--check"], cwd=REPO, capture_output=True,
+                       text=True)
     assert r.returncode == 0, r.stderr
     assert json.loads(schema.text()) == json.loads((REPO / "docs/models.schema.json").read_text())
 

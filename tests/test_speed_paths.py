@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from buildlib import spec as spec_mod
-from buildlib.errors import SpecError
-from buildlib.hashing import digest_files, hash_file
-from buildlib.spec import SPEC_CACHE, load_spec
-from buildlib.statcache import StatCache
+from buildlib.core.errors import SpecError
+from buildlib.core.hashing import digest_files, hash_file
+from buildlib.core.statcache import StatCache
+from buildlib.spec import load as spec_mod
+from buildlib.spec.load import SPEC_CACHE, load_spec
 from tests.conftest import write_hf_checkpoint
 
 MODELS = """\
@@ -145,9 +145,9 @@ def test_hash_file_buffer_boundaries(tmp_path: Path):
 def test_naming_cpu_engines_runs_no_gpu_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """`cpu` engines are named for this host's ISA from the CPU flags; nvidia-smi is probed only where an engine's
     GPU arch must be checked against the host (#15: a no-op over fresh engines never starts it)."""
-    from buildlib.isa import host_isa
-    from buildlib.plan import Planner
-    from buildlib.spec import load_spec
+    from buildlib.host.isa import host_isa
+    from buildlib.plan.planner import Planner
+    from buildlib.spec.load import load_spec
 
     (tmp_path / "models.yaml").write_text(
         "defaults: {backend: aoti, dtype: float32}\nmodels:\n"
@@ -156,7 +156,7 @@ def test_naming_cpu_engines_runs_no_gpu_probe(tmp_path: Path, monkeypatch: pytes
     def probe() -> None:
         raise AssertionError("nvidia-smi probed")
 
-    monkeypatch.setattr("buildlib.plan.detect_host", probe)
+    monkeypatch.setattr("buildlib.plan.planner.detect_host", probe)
     planner = Planner(load_spec(tmp_path / "models.yaml"))
     assert [e.id for e in planner.engines()] == [f"t/{host_isa()}/tp1-pp1", "t/sm90/tp1-pp1"]
     with pytest.raises(AssertionError, match="probed"):
@@ -170,7 +170,7 @@ def test_key_template_gives_key_of():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from buildlib.key import KeyTemplate, canonical_json, key_of
+    from buildlib.core.key import KeyTemplate, canonical_json, key_of
 
     leaf = st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.floats(allow_nan=False,
                                                                                    allow_infinity=False)
@@ -200,10 +200,10 @@ def _tree(root: Path) -> None:
 
 def test_tree_stamp_skips_listing_and_hashing_until_something_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A checkpoint's tree stamp (#15) proves its digest with stats alone; each kind of change is noticed."""
-    from buildlib import hashing
-    from buildlib.hashing import tree_digest
+    from buildlib.core import hashing
+    from buildlib.core.hashing import tree_digest
 
-    monkeypatch.setattr("buildlib.statcache.RACY_NS", 0)  # the files here were written just now
+    monkeypatch.setattr("buildlib.core.statcache.RACY_NS", 0)  # the files here were written just now
     root, outside = tmp_path / "ckpt", tmp_path / "outside"
     _tree(root)
     (outside / "deep").mkdir(parents=True)
@@ -241,8 +241,8 @@ def test_tree_stamp_skips_listing_and_hashing_until_something_changes(tmp_path: 
 
 
 def test_racy_tree_is_not_stamped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from buildlib import hashing
-    from buildlib.hashing import tree_digest
+    from buildlib.core import hashing
+    from buildlib.core.hashing import tree_digest
 
     root = tmp_path / "ckpt"
     _tree(root)  # written just now: within the racy window, a later change might not show in the stats
@@ -256,8 +256,8 @@ def test_racy_tree_is_not_stamped(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_each_checkpoint_is_hashed_once_however_many_engines_use_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """#15: two models on one checkpoint dir, 2 archs x 3 parallel configs each: every file hashed once per run."""
-    from buildlib import hashing
-    from buildlib.plan import Planner
+    from buildlib.core import hashing
+    from buildlib.plan.planner import Planner
 
     write_hf_checkpoint(tmp_path / "ckpt/llama")
     (tmp_path / "models.yaml").write_text(
@@ -276,7 +276,7 @@ def test_each_checkpoint_is_hashed_once_however_many_engines_use_it(tmp_path: Pa
 def test_gpu_probe_reads_nvidia_smi_once_in_the_background(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """GpuProbe starts `nvidia-smi --query-gpu` when made and reads it on first use (what detect_gpus gives),
     restricted by CUDA_VISIBLE_DEVICES as CUDA would; no nvidia-smi on PATH means no GPUs."""
-    from buildlib.gpu import GpuProbe, detect_gpus
+    from buildlib.host.gpu import GpuProbe, detect_gpus
     from tests.conftest import A100, H100
     from tests.standins import standin_env
 
@@ -299,8 +299,8 @@ def test_gc_paused_over_a_bulk_and_the_loader_resumes_it(tmp_path: Path, monkeyp
     loader pauses it from its config to its tasks and then leaves it running, the heap frozen (buildlib.gcpause)."""
     import gc
 
-    from buildlib.gcpause import gc_paused
-    from buildlib.plugin import EngineLoader
+    from buildlib.cli.plugin import EngineLoader
+    from buildlib.core.gcpause import gc_paused
 
     assert gc.isenabled()
     with gc_paused():
@@ -339,9 +339,9 @@ def test_models_sharing_a_build_share_its_encoding_not_their_keys(tmp_path: Path
     """The planner resolves and encodes a build once per distinct (options, architecture) (#15): three models
     with one build and one with another make two encodings; every engine's key is still key_of its own fields.
     (A build with a list-valued option, not memoized, is keyed in test_trtllm_contract's LoRA tests.)"""
-    from buildlib import plan as plan_mod
-    from buildlib.key import key_of
-    from buildlib.plan import Planner
+    from buildlib.core.key import key_of
+    from buildlib.plan import keys as plan_mod
+    from buildlib.plan.planner import Planner
 
     write_hf_checkpoint(tmp_path / "ckpt/llama")
     (tmp_path / "models.yaml").write_text(

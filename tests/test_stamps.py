@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from buildlib import plan as plan_mod
-from buildlib.manifest import VALIDATION, Manifest, record_outputs, write_json_durably, write_manifest
-from buildlib.plan import BLOCKED, FRESH, EngineState, Planner
-from buildlib.spec import load_spec
+from buildlib.core.manifest import VALIDATION, Manifest, record_outputs, write_json_durably, write_manifest
+from buildlib.plan import planner as plan_mod
+from buildlib.plan.planner import Planner
+from buildlib.plan.state import BLOCKED, FRESH, EngineState
+from buildlib.spec.load import load_spec
 from tests.conftest import write_hf_checkpoint
 
 MODELS = """\
@@ -49,7 +50,7 @@ def _make_fresh(root: Path) -> None:
 
 @pytest.fixture
 def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr("buildlib.statcache.RACY_NS", 0)  # the files here were written just now
+    monkeypatch.setattr("buildlib.core.statcache.RACY_NS", 0)  # the files here were written just now
     root = tmp_path / "repo"
     root.mkdir()
     for name, seed in (("a", 1), ("b", 2)):
@@ -134,8 +135,8 @@ def test_racy_files_get_no_stamp(tmp_path: Path):
 def test_estimates_take_build_records_from_stamps(fleet: Path, monkeypatch: pytest.MonkeyPatch):
     """A stamp keeps the build its manifest records, so a plan's estimate for an unbuilt engine reads no
     manifest of its model's fresh engines (#15: 5,000 of them took a plan of 10,000 engines 0.3 s)."""
-    from buildlib import sched
-    from buildlib.manifest import read_manifest
+    from buildlib.core.manifest import read_manifest
+    from buildlib.plan import estimate as sched
 
     edir = fleet / "engines/a/sm90/tp1-pp1"
     m = read_manifest(edir)
@@ -163,9 +164,9 @@ def test_building_an_engine_this_host_cannot_build_leaves_nothing(fleet: Path):
     """A build task for an engine of another host (here: sm90 on a host with no GPU), with no store to restore it
     from, reports it blocked without taking its lock: nothing is written for it, not even the lock file's dir
     (which would cost later no-ops a stat per engine there; a dodo.py hands doit such tasks on every run)."""
-    from buildlib import steps
-    from buildlib.gpu import Host
-    from buildlib.isa import host_isa
+    from buildlib.host.gpu import Host
+    from buildlib.host.isa import host_isa
+    from buildlib.run import build as steps
 
     with open(fleet / "models.yaml", "a") as f:
         f.write("  - name: c\n    checkpoint: ckpt/a\n")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from buildlib.forecast import ArchForecast
-from buildlib.status_html import COLORS
+from buildlib.report.forecast import ArchForecast
+from buildlib.report.status_html import COLORS
 from tests.conftest import LOADER_PYPROJECT, doit, write_hf_checkpoint
 
 MODELS = """\

@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from buildlib.hashing import hash_file
-from buildlib.key import key_of
-from buildlib.manifest import Manifest, check_outputs, read_manifest, record_outputs, write_manifest
-from buildlib.store import DirStore, S3Store, Store, StoreCorrupt, StoreError, configured_store, open_store
+from buildlib.core.hashing import hash_file
+from buildlib.core.key import key_of
+from buildlib.core.manifest import Manifest, check_outputs, read_manifest, record_outputs, write_manifest
+from buildlib.store.base import Store, StoreCorrupt, StoreError
+from buildlib.store.dir import DirStore
+from buildlib.store.open import configured_store, open_store
+from buildlib.store.s3 import S3Store
 from tests.conftest import _free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,7 +32,7 @@ MiB = 1 << 20
 CHILD = r"""
 import os, signal, sys
 from pathlib import Path
-from buildlib.store import open_store
+from buildlib.store.open import open_store
 url, key, src, mode, arg = sys.argv[1:6]
 store = open_store(url, Path(src))
 count = [0]

@@ -19,7 +19,7 @@ import json
 import os
 from pathlib import Path
 
-from ..checkpoint import BadCheckpoint, safetensors_header
+from ..core.checkpoint import BadCheckpoint, safetensors_header
 
 PREFIX = "inner."  # aoti_worker._logits_only wraps the Hugging Face model as `inner`
 CHUNK = 8 << 20

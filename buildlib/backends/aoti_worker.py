@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..isa import host_isa, march_for
+from ..host.isa import host_isa, march_for
 
 if TYPE_CHECKING:
     import torch

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .trtllm import needs_calibration
+from .trtllm_recipe import needs_calibration
 
 
 def convert(req: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..spec import CONTROL_RE, MAX_SIZE
+from ..core.model import CONTROL_RE, MAX_SIZE
 
 # Sources, read at the 1.2.x line (pydantic BuildConfig/PluginConfig, Oct 2025 on):
 #   tensorrt_llm/commands/build.py   parse_arguments(): flags, aliases, defaults from BuildConfig.model_fields

@@ -1,0 +1,124 @@
+"""TensorRT-LLM 1.2.x, run: convert through the Python API (trtllm_convert), build with trtllm-build, refit with
+trtllm-refit, validate with ModelRunner under mpirun (trtllm_validate). Every TensorRT-LLM call runs in a
+subprocess; this module never imports it. docs/tensorrt-llm-contract.md: each call, checked against the source."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..core.engine import Engine
+from ..core.errors import BuildFailed
+from ..core.layout import TIMING_CACHE
+from ..host.gpu import Host
+from ..host.proc import run_logged, run_worker
+from .runner import Job, Runner, Step, require_files
+from .trtllm_options import to_argv
+from .trtllm_recipe import SUPPORTED, VALIDATE_NEW_TOKENS, TrtllmRecipe, needs_calibration
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
+
+
+def outputs(engine: Engine) -> list[str]:
+    """The files a complete engine has: config.json and exactly one rank<r>.engine per rank."""
+    return ["config.json", *(f"rank{r}.engine" for r in range(engine.world_size))]
+
+
+class TrtllmRunner(Runner):
+    name = "trtllm"
+
+    def gpus(self, engine: Engine, step: Step) -> int:
+        if step == "convert":
+            return 1 if needs_calibration(engine.model.quant) else 0  # ModelOpt calibrates on a GPU
+        if step == "validate":
+            return engine.world_size  # mpirun -n world_size: one GPU per rank
+        return min(engine.world_size, engine.model.max_workers or engine.world_size)  # build, refit: --workers
+
+    def blocked(self, engine: Engine, host: Host, step: Step = "build") -> str | None:
+        """Validation: the runtime puts rank r on GPU r % gpus_per_node (ModelRunner.from_engine), one GPU per rank,
+        unshared."""
+        blocked = super().blocked(engine, host, step)
+        have = len(host.gpus_of(engine.arch, engine.model.gpu_name))
+        if step != "validate" or blocked or have >= engine.world_size:
+            return blocked
+        return (f"validation needs {engine.world_size} {engine.arch} GPUs (one per rank); this host has {have}: "
+                f"needs an {engine.arch} host with {engine.world_size} GPUs")
+
+    def convert(self, job: Job) -> None:
+        e = job.engine
+        run_worker("buildlib.backends.trtllm_convert", {
+            "checkpoint": str(job.checkpoint), "out_dir": str(job.out_dir), "dtype": e.model.dtype,
+            "tp": e.tp, "pp": e.pp, "quantization": e.model.quant, "model_class": e.model.model_class,
+        }, job.log, f"convert:{e.convert_id}", env=job.visible_env(), cwd=job.work_dir)
+
+    @staticmethod
+    def _timing_cache(job: Job) -> Path:
+        """Per (GPU name, TensorRT version): it speeds rebuilds and is not part of the key."""
+        gpu = job.gpus[0].name if job.gpus else "none"
+        trt = TrtllmRecipe().toolchain().get("tensorrt") or "unknown"
+        return job.work_dir / TIMING_CACHE / f"{_slug(gpu)}-trt{_slug(trt)}.cache"
+
+    def build(self, job: Job) -> None:
+        e = job.engine
+        if not job.gpus:
+            raise BuildFailed(f"build:{e.id} needs at least one {e.arch} GPU; none was given")
+        assert job.converted is not None
+        cache = self._timing_cache(job)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        # Written beside the cache it replaces (the work dir), so the replace is a rename on one filesystem
+        # wherever engines_dir lives; the name is this build's own, so concurrent builds never share it.
+        out_cache = cache.with_name(f".{cache.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
+        # --strip_plan writes a weight-stripped engine, unusable until refitted (examples/sample_weight_stripping):
+        # it is built beside the temp dir and refitted into it with the very checkpoint it was built from.
+        stripped = job.out_dir.with_name(job.out_dir.name + "-stripped") if e.model.build_options["strip_plan"] \
+            else None
+        argv = ["trtllm-build", "--checkpoint_dir", str(job.converted), "--output_dir", str(stripped or job.out_dir),
+                *to_argv(e.model.build_options, str(job.root)),
+                "--workers", str(max(1, min(e.world_size, len(job.gpus)))),
+                "--input_timing_cache", str(cache), "--output_timing_cache", str(out_cache),
+                "--log_level", "info"]
+        try:
+            run_logged(argv, job.log, f"build:{e.id}", env=job.visible_env(), cwd=job.work_dir)
+            if out_cache.exists():
+                os.replace(out_cache, cache)  # whole-file replace: concurrent builds never mix caches
+            if stripped is not None:
+                self.refit(job, stripped)
+        finally:
+            out_cache.unlink(missing_ok=True)
+            if stripped is not None:
+                shutil.rmtree(stripped, ignore_errors=True)
+        require_files(f"build:{e.id}", job.out_dir, outputs(e))
+
+    def refit(self, job: Job, source: Path) -> None:
+        """`trtllm-refit --engine_dir SOURCE --checkpoint_dir CONVERTED --output_dir OUT` (1.2.x
+        tensorrt_llm/commands/refit.py): every rank's refittable weights replaced by the converted checkpoint's,
+        on a GPU of the engine's arch; no trtllm-build."""
+        e = job.engine
+        if not job.gpus:
+            raise BuildFailed(f"refit:{e.id} needs an {e.arch} GPU; none was given")
+        assert job.converted is not None
+        if shutil.which("trtllm-refit") is None:
+            raise BuildFailed(f"refit:{e.id}: trtllm-refit is not on PATH (tensorrt_llm {SUPPORTED} provides it)")
+        run_logged(["trtllm-refit", "--engine_dir", str(source), "--checkpoint_dir", str(job.converted),
+                    "--output_dir", str(job.out_dir), "--log_level", "info"],
+                   job.log, f"refit:{e.id}", env=job.visible_env(), cwd=job.work_dir)
+        require_files(f"refit:{e.id}", job.out_dir, outputs(e))
+
+    def validate(self, job: Job) -> dict[str, Any]:
+        e = job.engine
+        argv_prefix: list[str] = []
+        if e.world_size > 1:
+            mpirun = shutil.which("mpirun")
+            if mpirun is None:
+                raise BuildFailed(
+                    f"validate:{e.id}: a {e.world_size}-rank engine runs under MPI; mpirun is not on PATH")
+            argv_prefix = [mpirun, "-n", str(e.world_size), "--allow-run-as-root"]
+        return run_worker("buildlib.backends.trtllm_validate", {
+            "engine_dir": str(job.out_dir), "max_new_tokens": VALIDATE_NEW_TOKENS, "world_size": e.world_size,
+        }, job.log, f"validate:{e.id}", env=job.visible_env(), cwd=job.work_dir, prefix=argv_prefix)
+

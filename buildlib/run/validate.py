@@ -1,0 +1,77 @@
+"""Validation: load a fresh engine and run it; the result, keyed by the engine's key, is kept beside it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ..backends.registry import runner
+from ..backends.runner import Job
+from ..core.engine import Engine
+from ..core.errors import BuildFailed
+from ..core.layout import checkpoint_dir
+from ..core.manifest import VALIDATION, read_manifest, validation_record, validation_vouches, write_json_durably
+from ..host import progress
+from ..host.gpu import Gpu
+from ..plan.planner import Planner
+from ..plan.state import BLOCKED, FRESH
+from .produce import say, slots
+
+
+def validated(planner: Planner, engine: Engine) -> bool:
+    """True when validation.json vouches for the engine's current manifest key."""
+    dest = engine.dir(planner.spec.project)
+    m = read_manifest(dest)
+    return m is not None and validation_vouches(dest, m.key)
+
+
+def validate(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None,
+             priority: float = 0.0) -> dict[str, Any] | None:
+    """Load the engine and run it; record the result (keyed by the manifest key) beside it."""
+    backend = runner(engine.model.backend)
+    dest = engine.dir(planner.spec.project)
+    st = planner.state(engine)
+    if st.state != FRESH:
+        if st.state == BLOCKED:
+            say(f"{engine.id}: {st.reasons[0]}; not validated here")
+            return None
+        raise BuildFailed(f"validate:{engine.id}: engine is {st.state} ({'; '.join(st.reasons)})")
+    blocked = backend.blocked(engine, planner.host, "validate")
+    if blocked:  # e.g. restored from the store on a host without that GPU arch, or too few GPUs for its ranks
+        say(f"{engine.id}: {blocked}; not validated here")
+        return None
+    log = dest / "validate.log"
+    log.unlink(missing_ok=True)
+    t0 = time.monotonic()
+    try:
+        want = backend.gpus(engine, "validate")
+        with slots(planner, engine, want, gpus, priority, f"validate:{engine.id}") as held, \
+                progress.step(planner.spec.project.work_dir, f"validate:{engine.id}", "validate",
+                              [g.index for g in held]):
+            result = backend.validate(Job(engine, checkpoint_dir(planner.spec, engine.model), None, dest,
+                                          held, log, planner.spec.project.work_dir, planner.spec.project.root))
+    except BuildFailed as e:  # recorded, so `doit plan` shows the engine as unvalidated and why
+        write_json_durably(dest / VALIDATION, {"key": st.key, "ok": False, "error": str(e).splitlines()[0],
+                                               "log": str(log), "seconds": round(time.monotonic() - t0, 3)})
+        raise
+    result = {"key": st.key, "ok": True, "seconds": round(time.monotonic() - t0, 3), **result}
+    write_json_durably(dest / VALIDATION, result)
+    say(f"validated {engine.id}: {_summary(result)}")
+    return result
+
+
+def record_validation(planner: Planner, engine: Engine, record: dict[str, Any]) -> bool:
+    """Keep beside the engine a validation another host ran (a Ray worker), when it vouches for (or against)
+    the very manifest here; a record for another key is not this engine's and is dropped. True if written."""
+    dest = engine.dir(planner.spec.project)
+    m = read_manifest(dest)
+    if m is None or record.get("key") != m.key or validation_record(dest, m.key) == record:
+        return False
+    write_json_durably(dest / VALIDATION, record)  # atomic, as validate() writes it
+    return True
+
+
+def _summary(result: dict[str, Any]) -> str:
+    keys = ("max_rel_err", "max_abs_err", "tokens", "detail")
+    return ", ".join(f"{k}={result[k]}" for k in keys if k in result) or "ok"
