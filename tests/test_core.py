@@ -106,3 +106,11 @@ def test_publish_replaces_atomically(tmp_path: Path):
         publish(tmp, dest)
     assert (dest / "rank0.engine").read_bytes() == b"new"
     assert sorted(p.name for p in dest.parent.iterdir()) == ["tp1-pp1"]
+
+
+def test_diff_fields_compares_values_as_the_key_encodes_them():
+    """A list read back from a manifest is the tuple the spec holds: no reason (it made a weights-only change of a
+    LoRA model look structural, so it was rebuilt instead of refitted)."""
+    assert diff_fields({"build": {"lora_dir": ["lora/a"]}}, {"build": {"lora_dir": ("lora/a",)}}) == []
+    assert diff_fields({"build": {"lora_dir": ["lora/a"]}}, {"build": {"lora_dir": ("lora/b",)}}) == \
+        ['build.lora_dir ["lora/a"] -> ["lora/b"]']

@@ -1,5 +1,7 @@
-"""Triton model repositories for trtllm engines (issue #13 item 4): every placeholder of the inflight_batcher_llm
-templates filled from the engine's config.json and models.yaml, contradictions refused, stale with the engine."""
+"""Triton model repositories for trtllm engines (issues #13, #25): the inflight_batcher_llm templates filled from the
+engine's config.json and models.yaml as the release's fill_template.py fills them (an optional string parameter
+nobody set stays `${name}`), contradictions refused, every config.pbtxt a valid Triton ModelConfig that the
+backend and the Python models load (tests/standins/triton/server.py), stale with the engine."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import LOADER_PYPROJECT, doit, write_hf_checkpoint
+from tests.standins.triton import server
 
 TEMPLATES = Path(__file__).parent / "standins/triton/inflight_batcher_llm"
 
@@ -44,19 +47,21 @@ def test_doit_writes_a_filled_repository_per_engine_and_keeps_it_fresh(project):
     assert r.stdout.splitlines()[-1] == "2 built, 2 validated", r.stdout
     for engine, ids in (("llama/sm90/tp1-pp1", "0"), ("llama/sm90/tp2-pp1", "0,1")):
         trt = config(root, engine, "tensorrt_llm")
-        assert "${" not in trt and 'backend: "tensorrtllm"' in trt and "max_batch_size: 8\n" in trt
+        assert 'backend: "tensorrtllm"' in trt and "max_batch_size: 8\n" in trt
         assert f'string_value: "{root / "engines" / engine}"' in trt  # gpt_model_path: the engine dir
         assert f'string_value: "{ids}"' in trt and 'string_value: "0.85"' in trt  # gpu_device_ids; models.yaml
         assert f'string_value: "{root / "ckpt/llama"}"' in trt  # tokenizer_dir: the checkpoint built from
-        assert "lora_prefetch_dir" not in trt and "max_beam_width" in trt  # unset optional parameters dropped
+        # an optional parameter nobody set stays as fill_template.py leaves it; the backend reads it as unset
+        assert 'string_value: "${lora_prefetch_dir}"' in trt and 'string_value: "${guided_decoding_backend}"' in trt
         assert 'string_value: "inflight_fused_batching"' in trt and "data_type: TYPE_FP32" in trt
         for model in ("preprocessing", "postprocessing", "ensemble", "tensorrt_llm_bls"):
-            text = config(root, engine, model)
-            assert "${" not in text and "max_batch_size: 8\n" in text, (model, text)
+            assert "max_batch_size: 8\n" in config(root, engine, model), model
+        server.load(root / "triton" / engine)  # every config.pbtxt a Triton ModelConfig, every model loads
         assert (root / "triton" / engine / "tensorrt_llm/1/model.py").is_file()
         stamp = json.loads((root / "triton" / engine / "triton.json").read_text())
         manifest = json.loads((root / "engines" / engine / "manifest.json").read_text())
-        assert stamp["engine_key"] == manifest["key"]
+        assert stamp["engine_key"] == manifest["key"] and stamp["schema_checked"] is True
+        assert "xgrammar_tokenizer_info_path" in stamp["left_unset"]["tensorrt_llm"]
     listed = doit(root, "list", env=env).stdout.split()
     assert "triton" in listed and "triton:llama/sm90/tp2-pp1" in listed
     r = doit(root, env=env)
@@ -98,3 +103,35 @@ def test_a_placeholder_nothing_fills_fails_the_task(project):
     cfg.write_text(cfg.read_text().replace('dims: [ -1, -1, -1 ]', 'dims: [ -1, ${custom_dim} ]', 1))
     r = doit(root, env=env)
     assert r.returncode == 1 and "ensemble/config.pbtxt still has ${custom_dim}" in r.stdout + r.stderr
+
+
+def test_the_backend_and_the_python_models_load_every_repository(project):
+    """What tritonserver does with the repository (tests/standins/triton/server.py): each config.pbtxt parses as
+    Triton's ModelConfig, the C++ backend reads its parameters (tokenizer_dir, xgrammar_tokenizer_info_path and
+    guided_decoding_backend have no fallback: a dropped block is "Cannot find parameter with name"), and the Python
+    models' initialize() reads theirs (preprocessing indexes multimodal_model_path: a dropped block is a KeyError)."""
+    root, env = project
+    assert doit(root, env=env).returncode == 0
+    for engine, ids in (("llama/sm90/tp1-pp1", [[0]]), ("llama/sm90/tp2-pp1", [[0, 1]])):
+        loaded = server.load(root / "triton" / engine)
+        trt = loaded["tensorrt_llm"]
+        assert trt["gpu_device_ids"] == ids and trt["gpt_model_type"] == "inflight_fused_batching"
+        assert trt["gpt_model_path"] == str(root / "engines" / engine) and trt["guided_decoding"] is None
+        assert trt["kv_cache_free_gpu_mem_fraction"] == 0.85 and trt["lora_cache_max_adapter_size"] is None
+        assert loaded["preprocessing"]["is_multimodal"] is False and loaded["preprocessing"]["add_special_tokens"]
+        assert loaded["tensorrt_llm_bls"]["llm_model_name"] == "tensorrt_llm"
+        assert loaded["tensorrt_llm_bls"]["draft_llm_model_name"] is None
+        assert loaded["ensemble"] == ["preprocessing", "tensorrt_llm", "postprocessing"]
+
+
+def test_a_repository_triton_would_refuse_fails_the_task(project):
+    """A template Triton's ModelConfig schema refuses (here a field the proto does not have) fails the triton task
+    with the file and the line, instead of shipping a repository tritonserver will not load."""
+    root, env = project
+    cfg = root / "triton-templates/postprocessing/config.pbtxt"
+    cfg.write_text(cfg.read_text().replace("dynamic_batching {}", "dynamic_batching {}\nmax_batch_sise: 4"))
+    r = doit(root, env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    out = r.stdout + r.stderr
+    assert "postprocessing/config.pbtxt is not a Triton ModelConfig" in out and "max_batch_sise" in out, out
+    assert not list((root / "triton").glob("llama/sm90/*/triton.json")) and "Traceback" not in out

@@ -36,7 +36,7 @@ def project(root: Path, models: str, ckpts: dict[str, str] | None = None) -> Pat
 
 # -- 1, 2: validation hands tensors to generate and reads tokens on the first pipeline stage only --------------
 
-@pytest.mark.parametrize("tp,pp,gpus", [(1, 1, 1), (2, 1, 2), (2, 2, 4)])
+@pytest.mark.parametrize("tp,pp,gpus", [(1, 1, 1), (2, 1, 2), (1, 2, 2), (2, 2, 4), (1, 3, 3)])
 def test_tp_pp_engines_build_and_validate_through_doit(tmp_path, standins, tp, pp, gpus):
     entry = f"  - name: llama\n    checkpoint: ckpt/llama\n    parallel: [{{tp: {tp}, pp: {pp}}}]\n"
     root = project(tmp_path / "repo", entry)
@@ -51,24 +51,26 @@ def test_tp_pp_engines_build_and_validate_through_doit(tmp_path, standins, tp, p
         [f"rank{r}.engine" for r in range(tp * pp)]
 
 
-def test_validation_on_a_later_pipeline_stage_gets_no_tokens(tmp_path, standins):
-    """Under the strict stand-in, rank 2 and 3 of a tp2-pp2 engine get None from generate: the worker must
-    not require tokens there (before, every pp > 1 validation failed)."""
+def test_each_pipeline_stage_gets_what_decode_regular_returns(tmp_path, standins):
+    """GenerationSession.decode_regular (1.2.x), passed through by ModelRunner.generate: the first stage gets the
+    output ids, the last a dict of its gathered logits ({} here), the stages between None. Before, the stand-in
+    returned None on every stage but the first, as the validator expected: every pp >= 2 validation would have
+    failed on a real install (a tp1-pp3 engine: ranks 0, 1, 2 are stages 0, 1, 2)."""
     from tests.standins import standin_env
 
-    root = project(tmp_path / "repo", "  - name: llama\n    checkpoint: ckpt/llama\n    parallel: [{tp: 2, pp: 2}]\n"
+    root = project(tmp_path / "repo", "  - name: llama\n    checkpoint: ckpt/llama\n    parallel: [{tp: 1, pp: 3}]\n"
                    "    validate: false\n")
-    env = standins(gpus=[H100] * 4)
+    env = standins(gpus=[H100] * 3)
     assert doit(root, env=env).returncode == 0
     code = ("import sys, torch\nfrom tensorrt_llm.runtime import ModelRunner\n"
             "r = ModelRunner.from_dir(engine_dir=sys.argv[1], rank=int(sys.argv[2]))\n"
             "print(r.generate(batch_input_ids=[torch.tensor([1, 2])], max_new_tokens=2, end_id=-1, pad_id=0))\n")
-    e = {**standin_env(tmp_path / "s4", gpus=[H100] * 4), "OMPI_COMM_WORLD_SIZE": "4"}
-    outs = [subprocess.run([sys.executable, "-c", code, str(root / "engines/llama/sm90/tp2-pp2"), str(r)], env=e,
-                           capture_output=True, text=True, timeout=120) for r in range(4)]
+    e = {**standin_env(tmp_path / "s3", gpus=[H100] * 3), "OMPI_COMM_WORLD_SIZE": "3"}
+    outs = [subprocess.run([sys.executable, "-c", code, str(root / "engines/llama/sm90/tp1-pp3"), str(r)], env=e,
+                           capture_output=True, text=True, timeout=120) for r in range(3)]
     assert all(o.returncode == 0 for o in outs), [o.stderr for o in outs]
     last = [o.stdout.splitlines()[-1] for o in outs]
-    assert last[2] == last[3] == "None" and last[0].startswith("tensor(") and last[0] == last[1]
+    assert last[0].startswith("tensor(") and last[1] == "None" and last[2] == "{}"
 
 
 # -- 3: kv_cache_type resolved as 1.2.x does, recorded in the key, left to the tool when unset -----------------
@@ -217,6 +219,16 @@ def test_toolchain_without_engine_builder_or_table_is_reported(tmp_path, standin
     assert "pip install --extra-index-url https://pypi.nvidia.com 'tensorrt_llm>=1.2,<1.3'" in st["reasons"][0]
     r = doit(root, env=env)
     assert r.returncode == 0 and trtllm_log(env) == []
+
+
+def test_a_release_after_the_engine_path_says_what_changed_upstream(tmp_path, standins):
+    """#25 item 6: a newer install is told in one line that main removed the engine path and 1.2.x is the last
+    series with it, not just that something is missing."""
+    root = project(tmp_path / "repo", "  - name: llama\n    checkpoint: ckpt/llama\n")
+    why = plan(root, standins(gpus=[H100], trtllm_version="1.3.0", engine_builder=False))["llama/sm90/tp1-pp1"]
+    assert "removed trtllm-build, trtllm-refit, the TensorRT engine runtime and the inflight_batcher_llm Triton " \
+        "backend in mid-2026 (PRs #15763, #15767, #15907, #15918" in why["reasons"][0], why
+    assert "1.2.x is the last series with them" in why["reasons"][0]
 
 
 # -- 7: a failed validation is never reported as good ---------------------------------------------------

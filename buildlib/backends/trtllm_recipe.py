@@ -29,6 +29,10 @@ SUPPORTED = f"{TRTLLM_SERIES}.x"
 # The real wheels come from NVIDIA's package index; the public index holds a stub that refuses to install.
 INSTALL_HINT = (f"pip install --extra-index-url https://pypi.nvidia.com 'tensorrt_llm>={TRTLLM_SERIES},"
                 f"<{TRTLLM_SERIES.split('.')[0]}.{int(TRTLLM_SERIES.split('.')[1]) + 1}'")
+# What the 2026 upstream change means, in one line (also in the README).
+REMOVED = ("TensorRT-LLM main removed trtllm-build, trtllm-refit, the TensorRT engine runtime and the "
+           "inflight_batcher_llm Triton backend in mid-2026 (PRs #15763, #15767, #15907, #15918; its docs have a "
+           f"migration guide), so {TRTLLM_SERIES}.x is the last series with them")
 VALIDATE_NEW_TOKENS = 4  # what validation asks the engine to generate
 # Quantization that needs ModelOpt calibration on a GPU (the rest is weight-only, done on CPU).
 CALIBRATED = frozenset({"FP8", "W8A8_SQ_PER_CHANNEL", "W4A16_AWQ", "W4A8_AWQ", "NVFP4"})
@@ -91,6 +95,10 @@ class TrtllmRecipe(Recipe):
             if given.get("strip_plan") is False:
                 raise SpecError("refit: true builds with --strip_plan (the refittable engine trtllm-refit needs); "
                                 "remove strip_plan: false, or set refit: false", field="build.strip_plan")
+            if opts["fast_build"]:  # --fast_build sets manage_weights: weights kept beside the plan, not refitted
+                raise SpecError("refit: true cannot keep its engines current with fast_build: fast_build keeps weights "
+                                "in rank<N>_managed_weights.safetensors beside each plan, which trtllm-refit does not "
+                                "update; remove fast_build, or set refit: false", field="build.fast_build")
             opts["strip_plan"] = True
         for a in model.archs:
             if not GPU_ARCH_RE.fullmatch(a):
@@ -139,8 +147,8 @@ class TrtllmRecipe(Recipe):
         trtllm, has_builder = got
         if not has_builder:
             raise BackendUnavailable(
-                f"tensorrt_llm {trtllm} has no TensorRT engine builder (its distribution provides no trtllm-build; "
-                f"the TensorRT engine workflow was removed after 1.2.x); install {SUPPORTED}: {INSTALL_HINT}")
+                f"tensorrt_llm {trtllm} has no TensorRT engine builder (its distribution provides no trtllm-build): "
+                f"{REMOVED}; install {SUPPORTED} for this backend: {INSTALL_HINT}")
         if ".".join(str(x) for x in _release(trtllm)[:2]) != TRTLLM_SERIES:
             raise BackendUnavailable(
                 f"tensorrt_llm {trtllm} is not supported: the trtllm-build option table is checked against "

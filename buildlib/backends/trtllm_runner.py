@@ -13,6 +13,7 @@ from typing import Any
 from ..core.engine import Engine
 from ..core.errors import BuildFailed
 from ..core.layout import TIMING_CACHE
+from ..core.manifest import NOT_OUTPUTS
 from ..host.gpu import Host
 from ..host.proc import run_logged, run_worker
 from .runner import Job, Runner, Step, require_files
@@ -25,8 +26,40 @@ def _slug(text: str) -> str:
 
 
 def outputs(engine: Engine) -> list[str]:
-    """The files a complete engine has: config.json and exactly one rank<r>.engine per rank."""
-    return ["config.json", *(f"rank{r}.engine" for r in range(engine.world_size))]
+    """The files a complete engine has, as 1.2.x's builder.py Engine.save() writes them: config.json, one
+    rank<r>.engine per rank, rank<r>_managed_weights.safetensors beside each with --fast_build (it sets the
+    manage_weights plugin), and a copy of each LoRA adapter the config names (lora/<i>/adapter_config.json, or
+    lora/<i>.nemo), since the config's lora_dir points at those copies."""
+    opt = engine.model.build_option
+    ranks = range(engine.world_size)
+    files = ["config.json", *(f"rank{r}.engine" for r in ranks)]
+    if opt("fast_build"):
+        files += [f"rank{r}_managed_weights.safetensors" for r in ranks]
+    if opt("lora_plugin") not in (None, "disable"):
+        nemo = opt("lora_ckpt_source") == "nemo"
+        adapters = range(len(opt("lora_dir") or ()))
+        files += [f"lora/{i}.nemo" if nemo else f"lora/{i}/adapter_config.json" for i in adapters]
+    return files
+
+
+def carry(source: Path, out_dir: Path) -> list[str]:
+    """Copy into out_dir every file of the engine in `source` that trtllm-refit does not write: refit() (1.2.x
+    commands/refit.py) writes config.json and each *.engine only, while the builder's Engine.save() also wrote the
+    LoRA adapters the config points at (lora/...) and, for MIXED_PRECISION, quant_cfg.json; without them the
+    refitted engine does not load. Records about a build (manifest, logs, validation) are not the engine's.
+    Managed weights are weights trtllm-refit does not update: an engine holding them is not refitted (BuildFailed)."""
+    carried = []
+    for p in sorted(source.rglob("*")):
+        rel = p.relative_to(source).as_posix()
+        if not p.is_file() or rel in NOT_OUTPUTS or (out_dir / rel).exists():
+            continue
+        if rel.endswith("_managed_weights.safetensors"):
+            raise BuildFailed(f"{source / rel}: managed weights are weights trtllm-refit does not update; "
+                              "this engine is rebuilt instead")
+        (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(p, out_dir / rel)
+        carried.append(rel)
+    return carried
 
 
 class TrtllmRunner(Runner):
@@ -104,9 +137,15 @@ class TrtllmRunner(Runner):
         assert job.converted is not None
         if shutil.which("trtllm-refit") is None:
             raise BuildFailed(f"refit:{e.id}: trtllm-refit is not on PATH (tensorrt_llm {SUPPORTED} provides it)")
+        if any(source.glob("*_managed_weights.safetensors")):
+            carry(source, job.out_dir)  # raises: this engine is not refitted
         run_logged(["trtllm-refit", "--engine_dir", str(source), "--checkpoint_dir", str(job.converted),
                     "--output_dir", str(job.out_dir), "--log_level", "info"],
                    job.log, f"refit:{e.id}", env=job.visible_env(), cwd=job.work_dir)
+        carried = carry(source, job.out_dir)
+        if carried:
+            with open(job.log, "a") as log:
+                log.write(f"refit: carried from {source} what trtllm-refit does not write: {', '.join(carried)}\n")
         require_files(f"refit:{e.id}", job.out_dir, outputs(e))
 
     def validate(self, job: Job) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """Worker (subprocess, under mpirun for several ranks): load an engine with ModelRunner, generate.
 
 Every rank loads its own engine and joins the generation (ranks of one engine work together); what
-comes back follows TensorRT-LLM 1.2.x (runtime/generation.py, GenerationSession.decode): the output
-ids, a [batch, beams, seq] tensor, reach the ranks of the first pipeline stage only
-(`rank // tp_size == 0`); the other stages get None. Tokens are checked where they arrive.
+comes back follows TensorRT-LLM 1.2.x (runtime/generation.py, GenerationSession.decode_regular, passed through by
+ModelRunner.generate): the output ids, a [batch, beams, seq] tensor, reach the ranks of the first pipeline stage
+(`rank // tp_size == 0`); the last stage gets a dict of the logits it gathered ({} when it gathers none); the
+stages between get None. Tokens are checked where they arrive, and every stage gets what its place says.
 """
 
 from __future__ import annotations
@@ -32,16 +33,22 @@ def validate(req: dict[str, Any]) -> dict[str, Any]:
     config = json.loads((engine_dir / "config.json").read_text())
     pretrained = config["pretrained_config"]
     vocab = int(pretrained.get("vocab_size") or 32000)
-    tp = int(pretrained.get("mapping", {}).get("tp_size", 1))
+    mapping = pretrained.get("mapping", {})
+    tp, pp = int(mapping.get("tp_size", 1)), int(mapping.get("pp_size", 1))
     rank = _rank()
     # ModelRunner.generate takes a list of 1-D integer tensors (it calls .size(0) and .type(torch.int32)).
     prompt = torch.tensor([t % vocab for t in PROMPT], dtype=torch.int32)
     runner = ModelRunner.from_dir(engine_dir=str(engine_dir), rank=rank)
     out = runner.generate(batch_input_ids=[prompt], max_new_tokens=req["max_new_tokens"], end_id=-1, pad_id=0)
-    if rank // tp != 0:  # a later pipeline stage: the output went to the first stage
+    stage = rank // tp
+    if stage == pp - 1 and stage != 0:  # the last stage: its gathered logits only, the ids went to the first
+        if not isinstance(out, dict) or "output_ids" in out:
+            raise SystemExit(f"rank {rank} (last pipeline stage) expected a dict of gathered logits, got {out!r}")
+        return {"detail": f"rank {rank}: last pipeline stage ({', '.join(sorted(out)) or 'no logits gathered'})"}
+    if stage != 0:  # a stage between the first and the last: nothing comes back
         if out is not None:
-            raise SystemExit(f"rank {rank} is not in the first pipeline stage but got output ids")
-        return {"detail": f"rank {rank}: later pipeline stage"}
+            raise SystemExit(f"rank {rank} (pipeline stage {stage} of {pp}) expected nothing back, got {out!r}")
+        return {"detail": f"rank {rank}: pipeline stage {stage}"}
     if not isinstance(out, torch.Tensor) or out.dim() != 3:
         raise SystemExit(f"rank {rank}: expected output ids of shape [batch, beams, seq], got {out!r}")
     new = [int(t) for t in out[0, 0, len(PROMPT):].tolist()]

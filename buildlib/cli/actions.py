@@ -90,7 +90,10 @@ def triton_action(project: Project, engine: Engine) -> dict[str, Any]:
     if st.state == BLOCKED:
         say(f"{engine.id}: {st.reasons[0]}; no Triton repository here")
         return {"state": BLOCKED, "why": st.reasons[0]}
-    say(f"triton repository for {engine.id} -> {triton.make_repository(planner, engine)}")
+    repo = triton.make_repository(planner, engine)
+    checked = "" if triton.schema_checker() is not None else \
+        " (config.pbtxt not checked against Triton's schema: pip install 'enginebuild[triton]')"
+    say(f"triton repository for {engine.id} -> {repo}{checked}")
     return {"state": FRESH}
 
 

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,7 @@ class Engine:
     def save(self, engine_dir: str) -> None:
         os.makedirs(engine_dir, exist_ok=True)
         rank = self.pretrained.mapping.rank
+        self._save_lora(engine_dir)
         if rank == 0:
             with open(os.path.join(engine_dir, "config.json"), "w") as f:
                 json.dump(self.config_dict(), f, indent=4)
@@ -158,9 +160,36 @@ class Engine:
             logger.info(f"Serializing engine to {path}...")
             _standin.write_plan(path, self.plan_meta, self.plan_seed)
             logger.info("Engine serialized. Total time: 00:00:00")
-        if self.managed_weights:
+        if self.managed_weights:  # Engine.save(): rank<N>_managed_weights.safetensors beside its plan
             _standin.write_safetensors(Path(engine_dir) / f"rank{rank}_managed_weights.safetensors",
                                        {"weights": ("U8", [32], _standin.stream(self.plan_seed + ":mw", 32))})
+
+
+    def _save_lora(self, engine_dir: str) -> None:
+        """builder.py Engine.save(): every LoRA adapter of lora_config.lora_dir is copied into the engine dir and
+        the config names the copy, so the engine dir is self-contained: for `hf`, lora/<i>/ gets adapter_config.json
+        (shutil.copy2: FileNotFoundError where the adapter has none) and adapter_model.bin / .safetensors where they
+        exist, and lora_dir[i] becomes "lora/<i>"; for `nemo`, the file is copied to lora/<i>.nemo. No adapter:
+        a lora/ dir left there is removed."""
+        lora = self.build_config["lora_config"]
+        root = os.path.join(engine_dir, "lora")
+        if not lora["lora_dir"]:
+            if os.path.isdir(root):
+                shutil.rmtree(root)
+            return
+        os.makedirs(root, exist_ok=True)
+        for index, src in enumerate(lora["lora_dir"]):
+            if lora["lora_ckpt_source"] == "hf":
+                target = f"{root}/{index}"
+                os.makedirs(target, exist_ok=True)
+                shutil.copy2(os.path.join(src, "adapter_config.json"), target)
+                for weights in ("adapter_model.bin", "adapter_model.safetensors"):
+                    if os.path.exists(os.path.join(src, weights)):
+                        shutil.copy2(os.path.join(src, weights), target)
+                lora["lora_dir"][index] = f"lora/{index}"
+            elif lora["lora_ckpt_source"] == "nemo":
+                shutil.copyfile(src, f"{root}/{index}.nemo")
+                lora["lora_dir"][index] = f"lora/{index}.nemo"
 
 
 def build(rank: int, gpu: dict[str, Any], ckpt_dir: str | None, pretrained: PretrainedConfig,

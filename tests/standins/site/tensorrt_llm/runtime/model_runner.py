@@ -1,7 +1,8 @@
 """Stand-in for tensorrt_llm/runtime/model_runner.py: ModelRunner.from_dir() load checks and deterministic generate().
 
 As strict as the real 1.2.x where a caller can get it wrong: generate() takes a list of 1-D integer torch
-tensors and returns a [batch, beams, seq] int32 tensor on the first pipeline stage only (None elsewhere);
+tensors and returns a [batch, beams, seq] int32 tensor on the first pipeline stage, a dict of gathered logits
+({} when none) on the last, None on the stages between;
 from_dir() refuses a multi-rank engine outside an MPI world of its size, and a rank whose GPU does not exist.
 
 Test hook (environment): STANDIN_RUNNER_SIGSEGV=1 makes from_dir() die of SIGSEGV, as a broken engine or
@@ -25,6 +26,7 @@ from typing import Any
 
 from .. import _standin
 from ..logger import logger
+from ..lora_manager import LoraManager
 from ..mapping import Mapping
 from ..version import __version__
 
@@ -104,7 +106,9 @@ class ModelRunner:
                           f"{__version__}; the engine plan file is not compatible with this version, please rebuild.")
         mapping = config["pretrained_config"]["mapping"]
         world_size = int(mapping["tp_size"]) * int(mapping["pp_size"])
-        # model_runner.py _engine_config_to_model_config(): the engine's world size must be the MPI world's.
+        # The real assert "Engine world size != Runtime world size" lives in model_runner.py
+        # _builder_to_model_config(), the legacy-engine path; on this (new-format) path a rank short of the engine's
+        # world size waits in NCCL for the ranks that never come. The stand-in refuses it at once instead of hanging.
         assert world_size == _mpi_world_size(), \
             f"Engine world size ({world_size}) != Runtime world size ({_mpi_world_size()})"
         kv_cache_type = str(config["build_config"].get("kv_cache_type") or "PAGED").upper()
@@ -131,15 +135,23 @@ class ModelRunner:
             # they are supplied through IRefitter (trtllm-refit); the runtime cannot execute it as it is.
             raise _refuse(f"{plan} is weight-stripped (built with --strip_plan): refit it with trtllm-refit "
                           "before running it")
+        # ModelRunner.from_dir(): with no lora_dir given, the adapters the engine's config names (Engine.save made
+        # them lora/<i>, relative to the engine dir) are loaded; from_engine() loads them through LoraManager when
+        # the engine has the LoRA plugin, so an adapter missing from the engine dir fails the load.
+        lora = config["build_config"].get("lora_config") or {}
+        if lora_dir is None and lora.get("lora_dir"):
+            lora_dir = [f"{engine_dir}/{d}" for d in lora["lora_dir"]]
+            lora_ckpt_source = lora.get("lora_ckpt_source", "hf")
+        plugins = config["build_config"].get("plugin_config") or {}
+        if plugins.get("lora_plugin") is not None and lora_dir is not None:
+            LoraManager().load_from_ckpt(lora_dir, ckpt_source=lora_ckpt_source)
         return cls(root, config, rank, meta, device)
 
     def generate(self, batch_input_ids: list[Any], *, sampling_config: Any = None, max_new_tokens: int = 20,
                  end_id: int | None = None, pad_id: int | None = None, num_beams: int = 1,
                  **kwargs: Any) -> Any:
-        """Deterministic tokens; rows are prompt + new tokens, padded with end_id to one length.
-
-        Returns the output ids only on the first pipeline stage, as GenerationSession.decode() does
-        (pp_communicate_final_output_ids sends them from the last stage to the first); None elsewhere."""
+        """Deterministic tokens; rows are prompt + new tokens, padded with end_id to one length. What each pipeline
+        stage gets back is what GenerationSession.decode_regular() returns there (see the end)."""
         import torch
 
         if sampling_config is not None:
@@ -184,9 +196,20 @@ class ModelRunner:
                         break
                 beams.append(seq + [end_id] * (width - len(seq)))
             rows.append(beams)
-        if not self.mapping.is_first_pp_rank():
-            return None
-        return torch.tensor(rows, dtype=torch.int32)
+        # GenerationSession.decode_regular() (ModelRunner.generate() passes it through): the output ids reach the
+        # first pipeline stage (pp_communicate_final_output_ids); the last stage gets a dict holding the logits it
+        # gathered, if the engine gathers any ({} otherwise); the stages between get None.
+        if self.mapping.is_first_pp_rank():
+            return torch.tensor(rows, dtype=torch.int32)
+        if self.mapping.is_last_pp_rank():
+            outputs: dict[str, Any] = {}
+            if self.gather_context_logits:
+                outputs["context_logits"] = torch.zeros((sum(input_lengths), self.vocab_size))
+            if self.gather_generation_logits:
+                outputs["generation_logits"] = [torch.zeros((batch_size * num_beams, self.vocab_size))
+                                                for _ in range(max_new_tokens)]
+            return outputs
+        return None
 
     def __repr__(self) -> str:
         return f"ModelRunner(engine_dir={os.fspath(self.engine_dir)!r}, rank={self.runtime_rank})"
