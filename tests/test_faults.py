@@ -112,6 +112,30 @@ def test_full_disk_is_one_line_and_the_next_run_finishes(tmp_path, standins, sma
     assert {s["state"] for s in plan(root, env).values()} == {"fresh"}
 
 
+@pytest.mark.parametrize("free_kib", [8, 16, 24])
+def test_a_disk_that_fills_during_a_build_leaves_no_temp_dir(tmp_path, standins, small_fs, free_kib):
+    """#26 item 7: the disk fills while the engine is written (a few KiB left: its dirs and part of its files fit),
+    so the copy of the failed build's log fails too; the temp dir with the partial engine goes all the same."""
+    engines = small_fs / "engines"
+    root = repo(tmp_path / "repo", f"engines_dir: {engines}\n")
+    env = standins(gpus=[H100, H100])
+    filler = small_fs / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    os.truncate(filler, max(0, filler.stat().st_size - free_kib * 1024))  # room for the start of a build only
+    r = doit(root, env=env)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "no space left on device" in out and "Traceback" not in out, out
+    assert list(engines.rglob(".*.tmp*")) == [] and list(engines.rglob("*.engine")) == []
+    filler.unlink()
+    r = doit(root, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_secrets_in_the_environment_are_written_nowhere(tmp_path, standins):
     secrets = {"HF_TOKEN": "hf_SECRETtoken0123456789", "AWS_SECRET_ACCESS_KEY": "awsSECRETkey0123456789/abc",
                "AWS_SESSION_TOKEN": "awsSESSIONsecret987654321"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..core.errors import UserError
 from ..report.gc import collect, human, remove, stop_at
-from ..store.open import open_store
+from ..store.open import guarded
 from .command import EngineCommand, exit_on_user_error
 from .session import loaded_planner
 
@@ -39,7 +39,7 @@ class GcCmd(EngineCommand):
             raise UserError(f"doit gc takes no positional arguments (got {' '.join(pos_args)}); "
                             "use --remove to delete, --store URL to include a store")
         planner = loaded_planner()
-        store = open_store(store_url, planner.spec.project.work_dir) if store_url else None
+        store = guarded(store_url, planner.spec.project) if store_url else None
         items = collect(planner, store)
         w = max((len(g.kind) for g in items), default=0)
         for g in items:

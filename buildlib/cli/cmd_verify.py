@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..core.errors import UserError
 from ..report.verify import verify_all
-from ..store.open import open_store
+from ..store.open import guarded
 from .command import EngineCommand, exit_on_user_error
 from .session import loaded_planner
 
@@ -23,7 +23,9 @@ class VerifyCmd(EngineCommand):
     doc_usage = "[--store URL | --no-store]"
     doc_description = ("Reads and hashes every file (the plan trusts the stat cache for unchanged stats).\n"
                        "Exit 1 when anything is altered, missing, unexpected, or a manifest's fields do not\n"
-                       "hash to its key; a restore never uses such an entry.")
+                       "hash to its key; a restore never uses such an entry. With a trust policy (store: trust),\n"
+                       "every entry no trusted key signed, every signature that does not match its files, and\n"
+                       "every validation record a trusted key did not sign is listed too.")
     cmd_options = (opt_store, opt_no_store)
 
     def _execute(self, store: str, no_store: bool, pos_args: list[str] | None = None) -> int:
@@ -33,8 +35,7 @@ class VerifyCmd(EngineCommand):
         if pos_args:
             raise UserError(f"doit verify takes no positional arguments (got {' '.join(pos_args)})")
         planner = loaded_planner()
-        store = None if no_store else (open_store(store_url, planner.spec.project.work_dir) if store_url
-                                       else planner.store)
+        store = None if no_store else (guarded(store_url, planner.spec.project) if store_url else planner.store)
         got = verify_all(planner, store)
         for p in got.problems:
             self.outstream.write(p + "\n")

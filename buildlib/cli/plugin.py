@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ def doit_config(models: str | Path) -> dict[str, Any]:
     database, means bad input writes nothing."""
     interrupt.install()  # Ctrl-C / SIGTERM unwind the run and end it in one line (no traceback, no orphans)
     planner = exit_on_user_error(lambda: planner_for(models))
-    exit_on_user_error(lambda: planner.store)  # a misconfigured store is bad input too
+    store = exit_on_user_error(lambda: planner.store)  # a misconfigured store is bad input too
+    if store is not None and not store.writable:
+        print("store is read-only for this run: built engines are not pushed", file=sys.stderr, flush=True)
     planner.expect_host()  # so nvidia-smi, where needed, runs while doit sets up
     return {
         "default_tasks": ["engines"],

@@ -17,7 +17,8 @@ MANIFEST = "manifest.json"
 VALIDATION = "validation.json"  # written by a successful validation run: {"key": <manifest key>, "ok": true, ...}
 SCHEMA = 1
 # Files in an engine dir that are records about the build, not outputs of it.
-NOT_OUTPUTS = frozenset({MANIFEST, "build.log", VALIDATION, "validate.log"})
+SIGNATURE = "model.sig"  # an OpenSSF Model Signing bundle over the engine's files (buildlib.store.signing)
+NOT_OUTPUTS = frozenset({MANIFEST, "build.log", VALIDATION, "validate.log", SIGNATURE})
 
 
 @dataclass

@@ -104,13 +104,29 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class StoreSpec:
+    """models.yaml `store:`: where engines are shared, and who may put them there and be believed.
+
+    push: False makes every run read-only (restore, never write). sign: how pushes are signed (OpenSSF Model
+    Signing): (("key", PEM),) an EC private key; (("key", PEM), ("certificate", PEM), ("chain", PEM)...) PKI;
+    (("sigstore", "ambient"),) keyless. trust: the policy readers apply; each entry (("key", PEM),) a public key,
+    (("certificate_chain", PEM)...) a root of trust, or (("sigstore_identity", ID), ("sigstore_issuer", URL)). Paths are
+    absolute (resolved against models.yaml's dir). The environment may override each (buildlib.store.settings)."""
+
+    url: str
+    push: bool = True
+    sign: tuple[tuple[str, str], ...] = ()
+    trust: tuple[tuple[tuple[str, str], ...], ...] = ()
+
+
+@dataclass(frozen=True)
 class Project:
     """Where things live: models.yaml, engines/, the work dir (.buildlib/), the optional store."""
 
     models_path: Path
     engines_dir: Path
     work_dir: Path
-    store: str | None = None
+    store: StoreSpec | None = None
     triton_templates: Path | None = None  # tensorrtllm_backend's all_models/inflight_batcher_llm (1.2.x)
     triton_dir: Path | None = None  # where `triton:` tasks write model repositories (default <root>/triton)
 

@@ -29,7 +29,7 @@ def _is_ours_legacy(kind: str, d: Path) -> bool:
     if kind == "work_dir":
         return all(n in WORK_NAMES or n.startswith((".spec-cache", ".checkpoints", ".generated")) for n in names)
     if kind == "store":
-        return all(_KEY.match(n) or n in (".incoming", ".trash") for n in names)
+        return all(_KEY.match(n) or n in (".incoming", ".trash", ".signers", ".structure") for n in names)
     # engines_dir: <model>/<arch>/<parallel> with a manifest in each engine dir it holds
     for model in (e for e in os.scandir(d) if not e.name.startswith(".")):
         if not model.is_dir(follow_symlinks=False):

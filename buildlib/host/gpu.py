@@ -149,3 +149,18 @@ def host_probe() -> GpuProbe:
 @lru_cache(maxsize=1)
 def detect_host() -> Host:
     return Host(gpus=host_probe().gpus(), cpu_isa=host_isa())
+
+
+@lru_cache(maxsize=1)
+def driver_version() -> str | None:
+    """The NVIDIA driver's version (nvidia-smi), or None where there is none: recorded with a validation."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    first = out.stdout.strip().splitlines()[:1] if out.returncode == 0 else []
+    return first[0].strip() if first else None

@@ -34,7 +34,7 @@ from ..core.structure import recorded_key, structure_key, structure_reasons
 from ..host.confine import claim
 from ..host.gpu import GpuProbe, Host, detect_host, host_probe
 from ..host.isa import host_isa
-from ..store.base import Store
+from ..store.guarded import GuardedStore
 from ..store.open import project_store
 from .estimate import build_record
 from .keys import Keys, own_fields
@@ -68,7 +68,7 @@ class Planner:
         claim(spec.project.work_dir)  # checked when models.yaml was read (buildlib.host.confine)
         self.cache = StatCache(statcache_path(spec.project.work_dir))
         self.keys = Keys(spec, self.cache)
-        self._store: Store | bool | None = False  # False: not opened yet
+        self._store: GuardedStore | bool | None = False  # False: not opened yet
         self._stamps: dict[str, Stamp] | None = None
         self._engines: list[Engine] | None = None
         self._new_stamps: dict[str, Stamp] = {}
@@ -105,8 +105,8 @@ class Planner:
         return self._host.cpu_isa if self._host is not None else host_isa()
 
     @property
-    def store(self) -> Store | None:
-        """The shared engine store (models.yaml `store:` or BUILDLIB_STORE), opened on first use."""
+    def store(self) -> GuardedStore | None:
+        """The shared engine store as this run uses it (buildlib.store.open.project_store), opened on first use."""
         if self._store is False:
             self._store = project_store(self.spec.project)
         return self._store  # type: ignore[return-value]
@@ -326,6 +326,19 @@ class Planner:
                     s.refit_store = found
         return states
 
+    def validated_elsewhere(self, s: EngineState) -> dict[str, Any] | None:
+        """The newest passing validation record of the engine's key that a trusted signer published to the store
+        (buildlib.store.guarded), as {gpu, signer, at, driver, host}; None without a trust policy or a record."""
+        store = self.store
+        if store is None or not store.verifiers or not s.key:
+            return None
+        passed = [(r, who) for r, who in store.validations(s.key) if r.get("ok") is True]
+        if not passed:
+            return None
+        record, signer = max(passed, key=lambda rw: str(rw[0].get("at", "")))
+        return {"gpu": record.get("gpu"), "signer": signer, "at": str(record.get("at", "")),
+                "driver": record.get("driver"), "host": record.get("host")}
+
     def store_refit_source(self, s: EngineState) -> str | None:
         """The key of an engine in the store with this one's structure (so it can be refitted from there)."""
         store = self.store
@@ -350,7 +363,11 @@ def shown(planner: Planner, states: list[EngineState]) -> list[EngineState]:
         rec = validation_record(e.path(planner.spec.project), s.key or "")
         why = f"validation failed: {rec.get('error')}" if rec else "not validated yet"
         blocked = runner(e.model.backend).blocked(e, planner.host, "validate")
-        if blocked:
+        seen = planner.validated_elsewhere(s) if blocked else None
+        if seen is not None:  # this host cannot run it, a trusted signer's record says where it was validated
+            out.append(EngineState(e, FRESH, [f"validated on {seen['gpu']} by {seen['signer']}, {seen['at'][:10]}"],
+                                   s.key, s.fields, None, s.store, attested=seen))
+        elif blocked:
             out.append(EngineState(e, BLOCKED, [blocked, why], s.key, s.fields, blocked, s.store))
         else:
             out.append(EngineState(e, UNVALIDATED, [why], s.key, s.fields, None, s.store))

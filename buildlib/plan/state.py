@@ -28,6 +28,7 @@ class EngineState:
     refit_of: str | None = None  # stale in its weights only: the key of the refittable engine here to refit
     refit_store: str | None = None  # no refit source here: the key of a same-structure engine in the store
     lazy_of: Keys | None = field(default=None, repr=False, compare=False)  # makes the unset fields, key
+    attested: dict[str, Any] | None = None  # a trusted signer's record that it was validated elsewhere (shown)
 
     @classmethod
     def lazy(cls, engine: Engine, state: str, reasons: list[str], key: str | None, keys: Keys,
@@ -58,4 +59,4 @@ def state_json(s: EngineState) -> dict[str, Any]:
             "tp": s.engine.tp, "pp": s.engine.pp, "backend": s.engine.model.backend,
             "gpus": runner(s.engine.model.backend).gpus(s.engine, "build"),
             "state": s.state, "reasons": s.reasons, "key": s.key, "store": s.store,
-            "refit_of": s.refit_of or s.refit_store}
+            "refit_of": s.refit_of or s.refit_store, "validated_elsewhere": s.attested}

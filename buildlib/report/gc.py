@@ -18,7 +18,7 @@ from ..core.manifest import read_manifest
 from ..core.model import GPU_ARCH_RE, GeneratedCheckpoint
 from ..host.publish import aside_path, lock_path, locked, tree_size
 from ..plan.planner import Planner
-from ..store.base import Store
+from ..store.guarded import GuardedStore
 
 # Hidden files a build leaves beside its output dir X: .X.lock, .X.failed.log, .X.tmp-<id>, .X.old-<id>.
 _BESIDE = re.compile(r"^\.(?P<name>.+?)(?:\.lock|\.failed\.log|\.tmp-[0-9a-f]+|\.old-[0-9a-f]+)$")
@@ -36,6 +36,7 @@ class Garbage:
     path: Path | None = None  # the local dir (may be gone, with only leftovers beside it)
     beside: list[Path] = field(default_factory=list)
     key: str | None = None  # for store entries
+    scope: str = ""  # for store entries: the signer whose namespace holds it ("" the top level)
     keep_path: bool = False  # path is not buildlib's: only the leftovers beside it are removed
 
 
@@ -146,9 +147,10 @@ def checkpoint_garbage(planner: Planner) -> list[Garbage]:
     return out
 
 
-def store_garbage(planner: Planner, store: Store) -> list[Garbage]:
-    """Store entries whose key is no current engine's key. Refused (UserError) while some engine's key
-    cannot be computed here: its entry would look unreferenced and be deleted for every other user."""
+def store_garbage(planner: Planner, store: GuardedStore) -> list[Garbage]:
+    """Store entries whose key is no current engine's key, in every namespace (the top level and each signer's).
+    Refused (UserError) while some engine's key cannot be computed here: its entry would look unreferenced and be
+    deleted for every other user."""
     current: set[str] = set()
     unknown = []
     for e in planner.engines():
@@ -161,12 +163,14 @@ def store_garbage(planner: Planner, store: Store) -> list[Garbage]:
         raise UserError(f"cannot compute the keys of {len(unknown)} engine(s) here, e.g. {unknown[0]}; run "
                         "`doit gc --store` where every backend's toolchain is installed and generated checkpoints "
                         "exist (`doit checkpoint`), or leave --store out to collect local files only")
-    published = store.keys()  # Store.keys(): published entry keys (not a dict)
-    stale = [k for k in published if k not in current]
-    with ThreadPoolExecutor(8) as pool:
-        sizes = list(pool.map(store.entry_size, stale))
-    return [Garbage("store", f"{store.url}/{k}", "no current engine has this key", size, key=k)
-            for k, size in zip(stale, sizes, strict=True)]
+    out = []
+    for ident, scope in store.scopes():
+        stale = [k for k in scope.keys() if k not in current]  # noqa: SIM118 - a Store is no dict
+        with ThreadPoolExecutor(8) as pool:
+            sizes = list(pool.map(scope.entry_size, stale))
+        out += [Garbage("store", f"{scope.url}/{k}", "no current engine has this key", size, key=k, scope=ident)
+                for k, size in zip(stale, sizes, strict=True)]
+    return out
 
 
 def _discard(path: Path) -> None:
@@ -181,12 +185,12 @@ def _discard(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def remove(g: Garbage, store: Store | None, stop: Path) -> None:
+def remove(g: Garbage, store: GuardedStore | None, stop: Path) -> None:
     """Delete one item: a local dir under its build lock (so no running build is cut), then the
     lock file itself and the parents it leaves empty (up to `stop`); a store entry via Store.remove."""
     if g.kind == "store":
         assert store is not None and g.key is not None
-        store.remove(g.key)
+        (store.scope(g.scope) if g.scope else store.inner).remove(g.key)
         return
     assert g.path is not None
     with locked(g.path):
@@ -216,7 +220,7 @@ def human(n: int | None) -> str:
     return f"{n} B"
 
 
-def collect(planner: Planner, store: Store | None = None) -> list[Garbage]:
+def collect(planner: Planner, store: GuardedStore | None = None) -> list[Garbage]:
     """Everything unreferenced: engine dirs, converted and generated checkpoints, and with `store` its entries."""
     items = engine_garbage(planner) + checkpoint_garbage(planner)
     return items + store_garbage(planner, store) if store is not None else items

@@ -17,9 +17,11 @@ from pathlib import Path
 from ..core.errors import UserError
 from ..core.hashing import hash_file, list_files
 from ..core.key import key_of
-from ..core.manifest import MANIFEST, NOT_OUTPUTS, read_manifest
+from ..core.manifest import MANIFEST, NOT_OUTPUTS, SIGNATURE, read_manifest
 from ..plan.planner import Planner
 from ..store.base import BUILD_LOG, Store, StoreCorrupt, StoreError, log_digest
+from ..store.guarded import VALIDATIONS, GuardedStore
+from ..store.signing import Verifier, check_file
 
 
 def verify_dir(d: Path) -> list[str]:
@@ -54,23 +56,60 @@ def verify_dir(d: Path) -> list[str]:
     return problems
 
 
-def verify_entry(store: Store, key: str, scratch: Path) -> list[str]:
-    """Problems of one store entry: what a pull would refuse (every byte checked), plus unexpected files."""
+def verify_entry(store: Store, key: str, scratch: Path, verifier: Verifier | None = None) -> list[str]:
+    """Problems of one store entry: what a pull would refuse (every byte checked), unexpected files, and with a
+    `verifier`, a signature that does not verify against it over exactly the entry's files."""
     problems = []
     scratch.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".verify-", dir=scratch))
     try:
         m = store.pull(key, tmp)
+        why = verifier.check(tmp, tmp / SIGNATURE) if verifier is not None else None
+        if why is not None:
+            problems.append(f"{store.url}/{key}: {why}")
     except StoreCorrupt as e:
         return [str(e)]
     except (KeyError, StoreError) as e:
         return [f"{store.url}/{key}: cannot be read ({e})"]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    expected = {*m.outputs, MANIFEST, BUILD_LOG}
+    expected = {*m.outputs, MANIFEST, BUILD_LOG, SIGNATURE}
     for rel in sorted(set(store.entry_names(key)) - expected):
         problems.append(f"{store.url}/{key}/{rel}: unexpected (not in {MANIFEST}; never restored)")
     return problems
+
+
+def verify_store(store: GuardedStore, scratch: Path) -> tuple[int, list[str]]:
+    """(entries read, problems) of every entry of every namespace of the store (the top level, each signer's).
+    Under the store's trust policy an entry that no trusted signer signed is a problem, a trusted signer's entry is
+    checked against its signature, and so is each validation record in a trusted signer's namespace."""
+    trusted = {v.identity: v for v in store.verifiers}
+    count, problems = 0, []
+    for ident, scope in store.scopes():
+        for key in scope.keys():  # noqa: SIM118 - Store.keys() lists published entries; a Store is no dict
+            count += 1
+            problems += verify_entry(scope, key, scratch, trusted.get(ident))
+            if trusted and ident not in trusted:
+                why = f"signed by {ident}, which the trust policy does not name" if ident else "unsigned"
+                problems.append(f"{scope.url}/{key}: {why}; a reader with the trust policy refuses it")
+        if ident in trusted:
+            problems += _records(scope, trusted[ident])
+    return count, problems
+
+
+def _records(scope: Store, verifier: Verifier) -> list[str]:
+    """Validation records in a trusted signer's namespace that its signature does not vouch for."""
+    out = []
+    for key in scope._list_notes(VALIDATIONS):
+        for name in scope._list_notes(f"{VALIDATIONS}/{key}"):
+            if not name.endswith(".json"):
+                continue
+            data = scope._get_note(f"{VALIDATIONS}/{key}/{name}")
+            sig = scope._get_note(f"{VALIDATIONS}/{key}/{name}.sig")
+            why = "no signature" if sig is None else (check_file(verifier, data, name, sig) if data else "unreadable")
+            if why is not None:
+                out.append(f"{scope.url}/{VALIDATIONS}/{key}/{name}: validation record {why}")
+    return out
 
 
 @dataclass
@@ -82,7 +121,7 @@ class Verified:
     entries: int = 0
 
 
-def verify_all(planner: Planner, store: Store | None) -> Verified:
+def verify_all(planner: Planner, store: GuardedStore | None) -> Verified:
     """Every engine dir of the plan that holds a manifest, and every entry of `store` (if any), read whole."""
     out = Verified()
     for e in planner.engines():
@@ -91,7 +130,6 @@ def verify_all(planner: Planner, store: Store | None) -> Verified:
             out.dirs += 1
             out.problems += verify_dir(d)
     if store is not None:
-        for key in store.keys():  # noqa: SIM118 - Store.keys() lists published entries; a Store is no dict
-            out.entries += 1
-            out.problems += verify_entry(store, key, planner.spec.project.work_dir)
+        out.entries, problems = verify_store(store, planner.spec.project.work_dir)
+        out.problems += problems
     return out

@@ -3,6 +3,7 @@ publish, and the failed build's log kept beside it; the GPUs a step runs on; the
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -22,6 +23,10 @@ from ..host.publish import clean_leftovers, failed_log, locked, publish, temp_di
 from ..host.slots import gpu_slots
 from ..plan.planner import Planner
 from ..plan.state import EngineState
+
+# The CI run a build comes from, where the environment names one (GitHub Actions, GitLab CI, Buildkite).
+CI_VARS = ("GITHUB_REPOSITORY", "GITHUB_RUN_ID", "GITHUB_SHA", "GITHUB_WORKFLOW", "GITHUB_REF", "CI_PROJECT_PATH",
+           "CI_PIPELINE_ID", "CI_COMMIT_SHA", "BUILDKITE_BUILD_URL")
 
 
 def say(msg: str) -> None:
@@ -58,9 +63,13 @@ def produce(dest: Path, what: str, make: Any, finish: Any) -> None:
         publish(tmp, dest)
     except BaseException as e:
         log, kept = tmp / "build.log", failed_log(dest)
-        if log.exists():
-            shutil.copyfile(log, kept)
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            if log.exists():
+                shutil.copyfile(log, kept)
+        except OSError:  # a full disk fails the copy too: no half log, and the temp dir goes all the same
+            kept.unlink(missing_ok=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, BuildFailed) and kept.exists():
             raise e.log_moved(kept) from None  # name the log that exists afterwards
         raise
@@ -92,6 +101,9 @@ def finish_engine(planner: Planner, engine: Engine, st: EngineState, tmp: Path, 
     log = tmp / "build.log"
     if log.is_file():  # so a store entry's log can be verified like its outputs
         built["log"] = [log.stat().st_size, hash_file(log)]
+    ci = {k: os.environ[k] for k in CI_VARS if os.environ.get(k)}
+    if ci:  # who built it: signed with the manifest, where the store signs (buildlib.store.signing)
+        built["ci"] = ci
     write_manifest(tmp, Manifest(st.key, st.fields, record_outputs(tmp, planner.cache),
                                  {r: list(v) for r, v in ckpt.files.items()}, engine.id, built,
                                  structure_record(st.fields, structure)))

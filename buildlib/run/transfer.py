@@ -11,13 +11,16 @@ from ..core.engine import Engine
 from ..core.key import canonical_json
 from ..host.publish import clean_leftovers, publish, temp_dir_for
 from ..plan.planner import Planner
-from ..store.base import Store, StoreCorrupt, StoreError
+from ..store.base import StoreCorrupt, StoreError
+from ..store.guarded import GuardedStore, Refused
 from .produce import say
 
 
-def restore(planner: Planner, store: Store, key: str, fields: dict[str, Any], dest: Path) -> bool:
-    """Pull key from the store into a temp dir beside dest, verifying every file, then publish.
-    A corrupt entry is reported and removed from the store (so the rebuild can replace it)."""
+def restore(planner: Planner, store: GuardedStore, key: str, fields: dict[str, Any], dest: Path) -> bool:
+    """Pull key from the store into a temp dir beside dest, verifying every file (and, under a trust policy, its
+    signature: buildlib.store.guarded), then publish. An entry the policy refuses is named with the reason, one line
+    each; a corrupt one is reported and removed from the store where this run may write (so the rebuild can replace
+    it). False: build instead."""
     try:
         if not store.has(key):
             return False
@@ -31,7 +34,14 @@ def restore(planner: Planner, store: Store, key: str, fields: dict[str, Any], de
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+    except Refused as e:
+        for reason in e.reasons:
+            say(f"refused store entry {reason}")
+        return False
     except StoreCorrupt as e:
+        if not store.writable:
+            say(f"store entry {key} is corrupt ({e}); building instead (read-only: left in the store)")
+            return False
         say(f"store entry {key} is corrupt ({e}); removing it and building instead")
         store.remove(key)
         return False
@@ -43,8 +53,11 @@ def restore(planner: Planner, store: Store, key: str, fields: dict[str, Any], de
     return True
 
 
-def push(store: Store, key: str, dest: Path, engine: Engine, structure: str | None) -> None:
-    """Push the engine; note its structure key, so hosts whose checkpoint differs in weights only can refit it."""
+def push(store: GuardedStore, key: str, dest: Path, engine: Engine, structure: str | None) -> None:
+    """Push the engine (signed, where the run signs); note its structure key, so hosts whose checkpoint differs in
+    weights only can refit it. A read-only run writes nothing (it said so once, at the start)."""
+    if not store.writable:
+        return
     try:
         pushed = store.push(key, dest)
         if structure is not None and engine.model.refit:
@@ -52,4 +65,5 @@ def push(store: Store, key: str, dest: Path, engine: Engine, structure: str | No
     except StoreError as e:
         say(f"could not push {engine.id} to {store.url}: {e}")
         return
-    say(f"pushed {engine.id} to {store.url}" if pushed else f"{engine.id} was already in {store.url}")
+    signed = f" (signed by {store.signer.identity})" if store.signer is not None else ""
+    say(f"pushed {engine.id} to {store.url}{signed}" if pushed else f"{engine.id} was already in {store.url}")

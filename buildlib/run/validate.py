@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -13,9 +14,11 @@ from ..core.errors import BuildFailed
 from ..core.layout import checkpoint_dir
 from ..core.manifest import VALIDATION, read_manifest, validation_record, validation_vouches, write_json_durably
 from ..host import progress
-from ..host.gpu import Gpu
+from ..host.gpu import Gpu, driver_version
 from ..plan.planner import Planner
 from ..plan.state import BLOCKED, FRESH
+from ..store.base import StoreError
+from ..store.signing import SigningUnavailable
 from .produce import say, slots
 
 
@@ -44,21 +47,45 @@ def validate(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None
     log = dest / "validate.log"
     log.unlink(missing_ok=True)
     t0 = time.monotonic()
+    held_names: list[str] = []
     try:
         want = backend.gpus(engine, "validate")
         with slots(planner, engine, want, gpus, priority, f"validate:{engine.id}") as held, \
                 progress.step(planner.spec.project.work_dir, f"validate:{engine.id}", "validate",
                               [g.index for g in held]):
+            held_names = [g.name for g in held]
             result = backend.validate(Job(engine, checkpoint_dir(planner.spec, engine.model), None, dest,
                                           held, log, planner.spec.project.work_dir, planner.spec.project.root))
     except BuildFailed as e:  # recorded, so `doit plan` shows the engine as unvalidated and why
-        write_json_durably(dest / VALIDATION, {"key": st.key, "ok": False, "error": str(e).splitlines()[0],
-                                               "log": str(log), "seconds": round(time.monotonic() - t0, 3)})
+        failed = {"key": st.key, "ok": False, "error": str(e).splitlines()[0], "log": str(log),
+                  "seconds": round(time.monotonic() - t0, 3)}
+        write_json_durably(dest / VALIDATION, failed)
+        _publish(planner, engine, failed, held_names)
         raise
     result = {"key": st.key, "ok": True, "seconds": round(time.monotonic() - t0, 3), **result}
     write_json_durably(dest / VALIDATION, result)
     say(f"validated {engine.id}: {_summary(result)}")
+    _publish(planner, engine, result, held_names)
     return result
+
+
+def _publish(planner: Planner, engine: Engine, result: dict[str, Any], gpus: list[str]) -> None:
+    """A signing run also publishes a signed validation record of the store entry (buildlib.store.guarded), so a
+    host that cannot run the engine (a CI runner, a serving node) learns where, on what and by whom it was
+    validated. A record that cannot be published is said, never a failed validation."""
+    store = planner.store
+    if store is None or store.signer is None or not store.writable:
+        return
+    m = read_manifest(engine.dir(planner.spec.project))
+    record = {"key": result["key"], "engine": engine.id, "arch": engine.arch, "ok": result["ok"],
+              "gpu": gpus[0] if gpus else planner.cpu_isa, "gpus": gpus, "driver": driver_version() if gpus else None,
+              "toolchain": (m.fields.get("toolchain") if m is not None else None),
+              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": os.uname().nodename,
+              **{k: result[k] for k in ("tokens", "max_rel_err", "error", "seconds", "detail") if k in result}}
+    try:
+        store.push_validation(result["key"], record)
+    except (StoreError, SigningUnavailable, OSError) as e:
+        say(f"could not publish the validation record of {engine.id} to {store.url}: {e}")
 
 
 def record_validation(planner: Planner, engine: Engine, record: dict[str, Any]) -> bool:

@@ -22,6 +22,7 @@ from ..core.model import (
     TINYLLAMA_DEFAULTS,
     TRITON_MODELS,
     GeneratedCheckpoint,
+    StoreSpec,
 )
 from ..host.gpu import GPU_ARCHS, gpu_arch
 
@@ -178,3 +179,83 @@ def quant(doc: YamlDoc, at: tuple, v: Any) -> dict[str, str | None] | None:
     if algo is None and kv is None:
         return None
     return {"algo": QUANT_ALGOS[algo] if algo else None, "kv_cache": KV_CACHE_QUANT[kv] if kv else None}
+
+
+def _key_file(doc: YamlDoc, root: Path, at: tuple, v: Any) -> str:
+    """A key or certificate file named in `store:` (relative to models.yaml), that exists."""
+    p = (root / opt_str(doc, at, v)).absolute()
+    if not p.is_file():
+        raise doc.error(at, f"{v!r} is not a file (resolved to {p}): give the PEM file's path, relative to this file")
+    return str(p)
+
+
+def store(doc: YamlDoc, root: Path, v: Any) -> StoreSpec | None:
+    """`store: URL`, or {url, push, sign, trust} (buildlib.core.model.StoreSpec)."""
+    at = ("store",)
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return StoreSpec(opt_str(doc, at, v))
+    if not isinstance(v, dict):
+        raise doc.error(at, "must be a URL (a dir, file:///path or s3://bucket/prefix) or {url: ..., push: false, "
+                        "sign: {key: PATH}, trust: [PATH, ...]}")
+    no_unknown(doc, at, v, {"url", "push", "sign", "trust"})
+    if "url" not in v:
+        raise doc.error(at, "needs `url:` (a dir, file:///path or s3://bucket/prefix)")
+    push = v.get("push", True)
+    if not isinstance(push, bool):
+        raise doc.error(at + ("push",), f"must be true or false; got {push!r}")
+    return StoreSpec(opt_str(doc, at + ("url",), v["url"]), push, _sign(doc, root, v.get("sign")),
+                     _trust(doc, root, v.get("trust")))
+
+
+def _sign(doc: YamlDoc, root: Path, v: Any) -> tuple[tuple[str, str], ...]:
+    at = ("store", "sign")
+    if v is None:
+        return ()
+    if not isinstance(v, dict):
+        raise doc.error(at, "must be {key: PATH} (an EC private key), {certificate: PATH, key: PATH, chain: [PATH]} "
+                        "or {sigstore: true}")
+    no_unknown(doc, at, v, {"key", "certificate", "chain", "sigstore"})
+    if v.get("sigstore") is not None:
+        if v["sigstore"] is not True or len(v) != 1:
+            raise doc.error(at + ("sigstore",), "must be true, alone (keyless signing with the CI's OIDC identity)")
+        return (("sigstore", "ambient"),)
+    if "key" not in v:
+        raise doc.error(at, "needs `key:` (an EC private key in PEM), or `sigstore: true`")
+    out = [("key", _key_file(doc, root, at + ("key",), v["key"]))]
+    if "certificate" in v:
+        out.append(("certificate", _key_file(doc, root, at + ("certificate",), v["certificate"])))
+        chain = v.get("chain") or []
+        if not isinstance(chain, list):
+            raise doc.error(at + ("chain",), "must be a list of PEM files")
+        out += [("chain", _key_file(doc, root, at + ("chain", i), c)) for i, c in enumerate(chain)]
+    elif "chain" in v:
+        raise doc.error(at + ("chain",), "goes with `certificate:`")
+    return tuple(out)
+
+
+def _trust(doc: YamlDoc, root: Path, v: Any) -> tuple[tuple[tuple[str, str], ...], ...]:
+    at = ("store", "trust")
+    if v is None:
+        return ()
+    if not isinstance(v, list) or not v:
+        raise doc.error(at, "must be a non-empty list: public key files (PEM), {certificate_chain: [PATH]} or "
+                        "{sigstore: {identity: ..., issuer: ...}}")
+    out = []
+    for i, t in enumerate(v):
+        here = at + (i,)
+        if isinstance(t, str):
+            out.append((("key", _key_file(doc, root, here, t)),))
+        elif isinstance(t, dict) and set(t) == {"certificate_chain"} and isinstance(t["certificate_chain"], list):
+            out.append(tuple(("certificate_chain", _key_file(doc, root, here + ("certificate_chain", j), c))
+                             for j, c in enumerate(t["certificate_chain"])))
+        elif isinstance(t, dict) and set(t) == {"sigstore"} and isinstance(t["sigstore"], dict):
+            no_unknown(doc, here + ("sigstore",), t["sigstore"], {"identity", "issuer"})
+            ident = opt_str(doc, here + ("sigstore", "identity"), t["sigstore"].get("identity"))
+            issuer = opt_str(doc, here + ("sigstore", "issuer"), t["sigstore"].get("issuer"))
+            out.append((("sigstore_identity", ident), ("sigstore_issuer", issuer)))
+        else:
+            raise doc.error(here, "must be a public key file (PEM), {certificate_chain: [PATH]} or "
+                            "{sigstore: {identity: ..., issuer: ...}}")
+    return tuple(out)

@@ -138,7 +138,7 @@ def _parse(path: Path, text: str) -> Spec:
         models_path=path,
         engines_dir=root / f.opt_str(doc, ("engines_dir",), top.get("engines_dir", "engines")),
         work_dir=root / f.opt_str(doc, ("work_dir",), top.get("work_dir", ".buildlib")),
-        store=f.opt_str(doc, ("store",), top.get("store")) if top.get("store") is not None else None,
+        store=f.store(doc, root, top.get("store")),
         triton_templates=f.triton_templates(doc, root, top.get("triton_templates")),
         triton_dir=root / f.opt_str(doc, ("triton_dir",), top.get("triton_dir", "triton")),
     )

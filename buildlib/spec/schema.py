@@ -88,7 +88,27 @@ def schema() -> dict[str, Any]:
         "defaults": {"type": ["object", "null"], "additionalProperties": False, "properties": model},
         "models": {"type": "array", "minItems": 1, "items": entry},
         "engines_dir": {"type": "string"}, "work_dir": {"type": "string"},
-        "store": {"type": ["string", "null"], "description": "a dir, file://, or s3://bucket/prefix"},
+        "store": {"anyOf": [
+            {"type": ["string", "null"], "description": "a dir, file://, or s3://bucket/prefix"},
+            {"type": "object", "additionalProperties": False, "required": ["url"], "properties": {
+                "url": {"type": "string", "minLength": 1}, "push": {"type": "boolean"},
+                "sign": {"anyOf": [
+                    {"type": "object", "additionalProperties": False, "required": ["key"], "properties": {
+                        "key": {"type": "string"}, "certificate": {"type": "string"},
+                        "chain": {"type": "array", "items": {"type": "string"}}}},
+                    {"type": "object", "additionalProperties": False, "required": ["sigstore"],
+                     "properties": {"sigstore": {"const": True}}}]},
+                "trust": {"type": "array", "minItems": 1, "items": {"anyOf": [
+                    {"type": "string", "description": "a public key (PEM)"},
+                    {"type": "object", "additionalProperties": False, "required": ["certificate_chain"],
+                     "properties": {"certificate_chain": {"type": "array", "items": {"type": "string"}}}},
+                    {"type": "object", "additionalProperties": False, "required": ["sigstore"], "properties": {
+                        "sigstore": {"type": "object", "additionalProperties": False,
+                                     "required": ["identity", "issuer"],
+                                     "properties": {"identity": {"type": "string"}, "issuer": {"type": "string"}}}}},
+                ]}}}},
+        ], "description": "the shared engine store: a URL, or {url, push, sign, trust} (signed entries, a trust "
+                          "policy; buildlib.store.settings)"},
         "triton_templates": {"type": "string", "description": "tensorrtllm_backend's all_models/inflight_batcher_llm"},
         "triton_dir": {"type": "string", "description": "where Triton model repositories go [triton]"},
     }

@@ -39,7 +39,7 @@ import xxhash
 
 from ..core.errors import UserError
 from ..core.key import key_of
-from ..core.manifest import MANIFEST, NOT_OUTPUTS, Manifest, read_manifest
+from ..core.manifest import MANIFEST, NOT_OUTPUTS, SIGNATURE, Manifest, read_manifest
 
 ENV_STORE = "BUILDLIB_STORE"
 ENV_S3_ENDPOINT = "BUILDLIB_S3_ENDPOINT"
@@ -101,12 +101,24 @@ class Store(ABC):
         """Bytes of an entry where the store can tell cheaply (for `doit gc`), else None."""
 
     @abstractmethod
+    def scoped(self, sub: str) -> Store:
+        """The same kind of store under `<this store>/<sub>/` (a signer's entries: buildlib.store.guarded)."""
+
+    @abstractmethod
+    def names(self, sub: str) -> list[str]:
+        """The names directly under `<this store>/<sub>/` (the signers a store holds entries of), sorted."""
+
+    @abstractmethod
     def _get_note(self, name: str) -> bytes | None:
         """A small named note beside the entries (`.structure/<key>`), or None."""
 
     @abstractmethod
     def _put_note(self, name: str, data: bytes) -> None:
         """Write a note whole (a reader sees the old one or the new one)."""
+
+    def _list_notes(self, prefix: str) -> list[str]:
+        """The notes directly under `prefix/` (names relative to it), sorted."""
+        return self.names(prefix)
 
     def note_structure(self, structure: str, key: str) -> None:
         """Remember that entry `key` has this structure key (buildlib.structure), so a host whose checkpoint
@@ -171,7 +183,8 @@ def log_digest(m: Manifest) -> list | None:
 
 
 def entry_files(src: Path, key: str) -> list[tuple[str, int]]:
-    """(relpath, size) of what a push sends: the outputs, build.log if present, manifest.json last.
+    """(relpath, size) of what a push sends: the outputs, build.log and the signature if present, manifest.json
+    last.
 
     Checks that `src` is a published engine dir of `key` whose outputs all exist at their
     recorded sizes (a cheap stat each; contents are verified by every pull instead).
@@ -190,8 +203,9 @@ def entry_files(src: Path, key: str) -> list[tuple[str, int]]:
         if actual != size:
             raise ValueError(f"{src}/{rel} has {actual} bytes, manifest says {size}: rebuild the engine, then push")
         files.append((rel, size))
-    if (src / BUILD_LOG).is_file():
-        files.append((BUILD_LOG, (src / BUILD_LOG).stat().st_size))
+    for extra in (BUILD_LOG, SIGNATURE):
+        if (src / extra).is_file():
+            files.append((extra, (src / extra).stat().st_size))
     files.append((MANIFEST, (src / MANIFEST).stat().st_size))
     return files
 

@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 
 import xxhash
 
-from ..core.manifest import MANIFEST, Manifest
+from ..core.manifest import MANIFEST, SIGNATURE, Manifest
 from ..host.confine import claim
 from ..host.publish import fsync_dir, fsync_tree, tree_size
 from .base import (
@@ -35,9 +35,10 @@ from .base import (
 class DirStore(Store):
     """`<root>/<key>/` on a local or shared filesystem; `.incoming/` and `.trash/` hold work in flight."""
 
-    def __init__(self, root: Path, url: str | None = None):
+    def __init__(self, root: Path, url: str | None = None, top: Path | None = None):
         self.root = root
         self.url = url or str(root)
+        self.top = top or root  # the store's own dir (claimed on a push), of which root may be a namespace
 
     def _entry(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -76,6 +77,8 @@ class DirStore(Store):
             if want_log is not None and os.path.lexists(entry / BUILD_LOG):
                 rel, size, digest = self._copy_hashing(entry, dest, BUILD_LOG)
                 _check(where, rel, want_log, size, digest)
+            if os.path.lexists(entry / SIGNATURE):  # checked by the signature's verifier, not by the manifest
+                self._copy_hashing(entry, dest, SIGNATURE)
         except FileNotFoundError as e:
             if not entry.exists():
                 raise KeyError(key) from None  # removed while we pulled
@@ -124,7 +127,7 @@ class DirStore(Store):
         incoming = self.root / ".incoming" / f"{key}-{os.urandom(6).hex()}"
         try:
             try:
-                claim(self.root)
+                claim(self.top)
                 incoming.mkdir(parents=True)
             except PermissionError:
                 raise StoreError(f"cannot write to store dir {self.root}: permission denied; give this user write "
@@ -144,6 +147,15 @@ class DirStore(Store):
             return True
         finally:
             shutil.rmtree(incoming, ignore_errors=True)
+
+    def scoped(self, sub: str) -> DirStore:
+        return DirStore(self.root / sub, f"{self.url}/{sub}", self.top)
+
+    def names(self, sub: str) -> list[str]:
+        try:
+            return sorted(n for n in os.listdir(self.root / sub) if not n.startswith("."))  # ".x.tmp": in flight
+        except OSError:
+            return []
 
     def _get_note(self, name: str) -> bytes | None:
         try:

@@ -10,6 +10,8 @@ from urllib.parse import unquote, urlparse
 from ..core.model import Project
 from ..host.confine import refusal
 from .base import ENV_S3_ENDPOINT, ENV_STORE, Store, StoreError
+from .guarded import GuardedStore
+from .settings import StoreSettings, store_settings
 
 
 def open_store(url: str, work_dir: Path) -> Store:
@@ -65,10 +67,17 @@ def configured_store(project_store: str | None, work_dir: Path) -> Store | None:
     return open_store(url, work_dir)
 
 
-def project_store(project: Project) -> Store | None:
-    """The store a project's run uses: configured_store of models.yaml `store:`, a relative path being relative to
-    models.yaml (like checkpoints)."""
-    url = project.store
-    if url is not None and "://" not in url and not Path(url).is_absolute():
-        url = str(project.root / url)
-    return configured_store(url, project.work_dir)
+def project_store(project: Project) -> GuardedStore | None:
+    """The store a project's run uses (buildlib.store.settings: models.yaml `store:`, the environment over it), with
+    its read-only flag, signer and trust policy (buildlib.store.guarded); None without one."""
+    settings = store_settings(project)
+    if settings is None:
+        return None
+    return GuardedStore(open_store(settings.url, project.work_dir), settings)
+
+
+def guarded(url: str, project: Project) -> GuardedStore:
+    """The store at `url` read with the project's policy (`doit verify --store URL`, `doit gc --store URL`)."""
+    settings = store_settings(project)
+    push, sign, trust = (settings.push, settings.sign, settings.trust) if settings is not None else (True, (), ())
+    return GuardedStore(open_store(url, project.work_dir), StoreSettings(url, push, sign, trust))

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..core.manifest import MANIFEST, Manifest
+from ..core.manifest import MANIFEST, SIGNATURE, Manifest
 from .base import (
     _KEY_RE,
     BUILD_LOG,
@@ -131,6 +131,20 @@ class S3Store(Store):
     def _note(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
 
+    def scoped(self, sub: str) -> S3Store:
+        return S3Store(self.bucket, f"{self.prefix}/{sub}" if self.prefix else sub, endpoint=self.endpoint,
+                       client=self.client)
+
+    def names(self, sub: str) -> list[str]:
+        base = self._note(sub).rstrip("/") + "/"
+        out: set[str] = set()
+        with self._errors("listing"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base,
+                                                                               Delimiter="/"):
+                out.update(p["Prefix"][len(base):].rstrip("/") for p in page.get("CommonPrefixes", ()))
+                out.update(o["Key"][len(base):] for o in page.get("Contents", ()))
+        return sorted(out)
+
     def _get_note(self, name: str) -> bytes | None:
         with self._errors("reading a note"):
             return self._get_small(self._note(name))
@@ -181,6 +195,11 @@ class S3Store(Store):
             if want_log is not None and BUILD_LOG in ref["files"]:
                 files.append((BUILD_LOG, want_log))
             self._download_all(base, dest, files, where)
+            if SIGNATURE in ref["files"]:  # checked by the signature's verifier, not by the manifest
+                sig = self._get_small(base + SIGNATURE)
+                if sig is None:
+                    raise StoreCorrupt(f"{where}/{SIGNATURE}: missing from the store entry")
+                (dest / SIGNATURE).write_bytes(sig)
         (dest / MANIFEST).write_bytes(data)
         return m
 
