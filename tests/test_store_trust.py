@@ -6,7 +6,6 @@ records that travel."""
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import subprocess
 import sys
@@ -171,7 +170,7 @@ def test_each_untrusted_entry_is_refused_with_its_reason(tmp_path: Path, standin
 
     store = tmp_path / "store"
     store.mkdir()
-    main_key, main_pub = keypair(tmp_path / "keys", "main-ci")
+    _, main_pub = keypair(tmp_path / "keys", "main-ci")
     other_key, other_pub = keypair(tmp_path / "keys", "fork")
     base = {**standins(), "BUILDLIB_STORE": str(store)}
     # a signed entry of each engine by the fork's key (a real signature, by a key the policy does not name)
@@ -265,7 +264,7 @@ def test_store_settings_in_models_yaml(tmp_path: Path, standins):
     is one line naming models.yaml's line and field."""
     store = tmp_path / "store"
     store.mkdir()
-    main_key, main_pub = keypair(tmp_path / "keys", "main-ci")
+    _, main_pub = keypair(tmp_path / "keys", "main-ci")
     root = clone(tmp_path / "repo")
     text = (root / "models.yaml").read_text()
     (root / "models.yaml").write_text(f"store: {{url: {store}, push: false, trust: [{main_pub}]}}\n" + text)
