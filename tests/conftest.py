@@ -123,12 +123,16 @@ def _listening(port: int) -> bool:
 
 
 @pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real moto S3 server in its own process on a free loopback port, polled until it listens."""
+    # Its request log goes to a file: a pipe nobody reads fills after a few hundred requests and then every
+    # request blocks in the server's logging call.
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
     for _ in range(3):  # the free port can be taken between probing and binding: retry on another
         port = _free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with log.open("wb") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                    stdout=subprocess.DEVNULL, stderr=err)
         for _ in range(600):  # up to ~30 s: each poll waits 50 ms on the process itself
             if _listening(port):
                 break
@@ -142,7 +146,7 @@ def moto_endpoint() -> Iterator[str]:
         proc.kill()
         proc.wait()
     else:
-        pytest.fail(f"moto server did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
+        pytest.fail(f"moto server did not start: {log.read_text(errors='replace')[-2000:]}")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

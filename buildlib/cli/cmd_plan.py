@@ -65,13 +65,13 @@ class PlanCmd(EngineCommand):
         else:
             for s in states:
                 self.outstream.write(render(s) + "\n")
-            for line in forecast_lines(planner, states, gpus_option(gpus)):
-                self.outstream.write(line + "\n")
-            self.outstream.write(summary(states) + "\n")
             if planner.store is not None and not planner.store.verifiers:
                 self.outstream.write(f"store    entries of {planner.store.url} are not authenticated (no trust "
                                      "policy): anyone who can write to it decides what is restored; see `store: trust` "
                                      "in the README\n")
+            for line in forecast_lines(planner, states, gpus_option(gpus)):
+                self.outstream.write(line + "\n")
+            self.outstream.write(summary(states) + "\n")
         if check and any(s.state not in (FRESH, BLOCKED) for s in states):
             return 1
         return 0

@@ -203,7 +203,8 @@ def entry_files(src: Path, key: str) -> list[tuple[str, int]]:
         if actual != size:
             raise ValueError(f"{src}/{rel} has {actual} bytes, manifest says {size}: rebuild the engine, then push")
         files.append((rel, size))
-    for extra in (BUILD_LOG, SIGNATURE):
+    extras = (BUILD_LOG, SIGNATURE) if log_digest(m) is not None else (SIGNATURE,)  # a log no pull could verify
+    for extra in extras:  # is not sent
         if (src / extra).is_file():
             files.append((extra, (src / extra).stat().st_size))
     files.append((MANIFEST, (src / MANIFEST).stat().st_size))

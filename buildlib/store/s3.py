@@ -49,8 +49,10 @@ class S3Store(Store):
           s3transfer's default 10 parts of any size. Bytes reach the writer in 1 MiB pieces
           (not 256 KiB): 4x fewer Python-level write+hash calls, measured 1.4x faster pulls;
           the write queue is capped at 32 pieces (32 MiB).
-        - every file of an entry is submitted at once to one transfer manager per operation,
-          so small files (config.json, many ranks below the threshold) overlap too.
+        - one transfer manager per operation; the files up to one download part go `concurrency - 1` at a time
+          (config.json, many small ranks overlap), then each larger file alone, its ranged GETs using every thread,
+          so one file's parts never wait in the shared in-order window behind another file's. Uploads read files
+          by name and never buffer, so they are submitted at once.
         """
         try:
             import boto3
@@ -70,10 +72,14 @@ class S3Store(Store):
                 # servers reject); our own xxh3 check on pull covers integrity end to end.
                 compat["s3"] = {"addressing_style": "path"}
                 if "AWS_REQUEST_CHECKSUM_CALCULATION" not in os.environ:
-                    compat.update(request_checksum_calculation="when_required",
-                                  response_checksum_validation="when_required")
+                    compat.update(request_checksum_calculation="when_required")
+            # Response checksums stay `when_supported`, whatever the environment says: with `when_required`,
+            # s3transfer (0.19) downloads through a first ranged GET whose done-callback schedules the rest from a
+            # request thread while the first part still holds the in-memory window's lowest slot; a file of more
+            # parts than the window (2 * concurrency) then waits on itself forever (tests/test_store.py).
             cfg = Config(max_pool_connections=max(10, 2 * concurrency + 2), retries={"mode": "standard"},
-                         connect_timeout=10, read_timeout=120, **compat)
+                         connect_timeout=10, read_timeout=120, response_checksum_validation="when_supported",
+                         **compat)
             client = boto3.client("s3", endpoint_url=endpoint, config=cfg)
         self.client = client
         self.upload_config = TransferConfig(multipart_threshold=part_size, multipart_chunksize=part_size,
@@ -204,33 +210,45 @@ class S3Store(Store):
         return m
 
     def _download_all(self, base: str, dest: Path, files: list[tuple[str, list]], where: str) -> None:
+        expected = dict(files)
+        part = self.download_config.multipart_chunksize
+        small = [rel for rel, (size, _) in files if size <= part]
+        # At most threads - 1 small files at once: one whose object is larger than its manifest says (a store entry
+        # is input, not trust) takes the large-file path, and a thread must stay free for the GETs it waits for.
+        n = max(1, self.download_config.max_request_concurrency - 1)
+        batches = [*(small[i:i + n] for i in range(0, len(small), n)),
+                   *([rel] for rel, (size, _) in files if size > part)]
+        with self._transfer(self.download_config) as tm:
+            for batch in batches:
+                self._download_batch(tm, base, dest, batch, expected, where)
+
+    def _download_batch(self, tm: Any, base: str, dest: Path, batch: list[str], expected: dict[str, list],
+                        where: str) -> None:
         from botocore.exceptions import ClientError
 
-        expected = dict(files)
-        with self._transfer(self.download_config) as tm:
-            opened = []
-            try:
-                for rel, _ in files:
-                    f = _open_dest(dest, rel)
-                    w = HashingWriter(f)
-                    opened.append((rel, f, w, tm.download(self.bucket, base + rel, w)))
-                for rel, f, w, fut in opened:
-                    try:
-                        fut.result()
-                    except ClientError as e:
-                        if self._code(e) in ("404", "NoSuchKey"):
-                            raise StoreCorrupt(f"{where}/{rel}: missing from the store entry") from None
-                        raise
-                    f.close()
-                    _check(where, rel, expected[rel], w.size, w.hexdigest())
-                    self._done(rel, w.size)
-            except BaseException:
-                for _, _, _, fut in opened:
-                    fut.cancel()
-                raise
-            finally:
-                for _, f, _, _ in opened:
-                    f.close()
+        opened = []
+        try:
+            for rel in batch:
+                f = _open_dest(dest, rel)
+                w = HashingWriter(f)
+                opened.append((rel, f, w, tm.download(self.bucket, base + rel, w)))
+            for rel, f, w, fut in opened:
+                try:
+                    fut.result()
+                except ClientError as e:
+                    if self._code(e) in ("404", "NoSuchKey"):
+                        raise StoreCorrupt(f"{where}/{rel}: missing from the store entry") from None
+                    raise
+                f.close()
+                _check(where, rel, expected[rel], w.size, w.hexdigest())
+                self._done(rel, w.size)
+        except BaseException:
+            for _, _, _, fut in opened:
+                fut.cancel()
+            raise
+        finally:
+            for _, f, _, _ in opened:
+                f.close()
 
     def push(self, key: str, src: Path) -> bool:
         """Upload every file under a fresh upload id, then commit ref.json with If-None-Match: *.
