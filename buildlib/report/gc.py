@@ -18,6 +18,7 @@ from ..core.manifest import read_manifest
 from ..core.model import GPU_ARCH_RE, GeneratedCheckpoint
 from ..host.publish import aside_path, lock_path, locked, tree_size
 from ..plan.planner import Planner
+from ..store.channel import served
 from ..store.guarded import GuardedStore
 
 # Hidden files a build leaves beside its output dir X: .X.lock, .X.failed.log, .X.tmp-<id>, .X.old-<id>.
@@ -148,7 +149,8 @@ def checkpoint_garbage(planner: Planner) -> list[Garbage]:
 
 
 def store_garbage(planner: Planner, store: GuardedStore) -> list[Garbage]:
-    """Store entries whose key is no current engine's key, in every namespace (the top level and each signer's).
+    """Store entries whose key is no current engine's key and that no release channel serves (nor would restore on
+    a rollback), in every namespace (the top level and each signer's).
     Refused (UserError) while some engine's key cannot be computed here: its entry would look unreferenced and be
     deleted for every other user."""
     current: set[str] = set()
@@ -163,6 +165,7 @@ def store_garbage(planner: Planner, store: GuardedStore) -> list[Garbage]:
         raise UserError(f"cannot compute the keys of {len(unknown)} engine(s) here, e.g. {unknown[0]}; run "
                         "`doit gc --store` where every backend's toolchain is installed and generated checkpoints "
                         "exist (`doit checkpoint`), or leave --store out to collect local files only")
+    current |= set(served(store, with_previous=True))  # what a channel serves, or a rollback would restore
     out = []
     for ident, scope in store.scopes():
         stale = [k for k in scope.keys() if k not in current]  # noqa: SIM118 - a Store is no dict

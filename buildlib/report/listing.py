@@ -12,6 +12,7 @@ from ..core.errors import UserError
 from ..plan.estimate import engine_expected_seconds
 from ..plan.planner import Planner, shown
 from ..plan.state import BLOCKED, FRESH, EngineState, state_json
+from ..store.channel import served
 from .ci import is_work, shard
 
 
@@ -41,11 +42,18 @@ def select(states: list[EngineState], globs: Sequence[str]) -> list[EngineState]
     return [s for s in states if any(fnmatch.fnmatch(s.engine.id, g) for g in globs)]
 
 
+def channels(planner: Planner) -> dict[str, list[str]]:
+    """engine key -> the release channels serving it (buildlib.store.channel); {} without a store."""
+    return served(planner.store) if planner.store is not None else {}
+
+
 def json_text(planner: Planner, states: Sequence[EngineState]) -> str:
     """`doit plan --json`: one engine per line, through json's C encoder (an indent makes json.dumps take its
-    pure-Python one: 0.1 s of a plan of 10,000 engines), and a line per engine for grep."""
+    pure-Python one: 0.1 s of a plan of 10,000 engines), and a line per engine for grep. `channels`: the release
+    channels whose release in force serves the engine's current key."""
+    serving = channels(planner)
     rows = [{**state_json(s), "expected_seconds": round(expected(planner, s), 3) if is_work(s) or
-             s.state == BLOCKED else 0.0} for s in states]
+             s.state == BLOCKED else 0.0, "channels": serving.get(s.key or "", [])} for s in states]
     return "[\n" + ",\n".join(map(json.dumps, rows)) + "\n]\n" if rows else "[]\n"
 
 

@@ -2,6 +2,7 @@
 
 The states are the plan's (buildlib.plan.planner.shown), with one more a user acts on differently: `restorable`, an
 engine that is stale or missing here but whose key the store holds (`doit` downloads it instead of building).
+Cells name the release channels serving the engine first (`[prod] fresh`).
 Each cell carries what the HTML report shows on demand: key fields, build time, size, toolchain, GPUs.
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 from ..core.manifest import read_manifest
 from ..plan.planner import Planner
 from ..plan.state import FRESH, EngineState
+from .listing import channels
 
 RESTORABLE = "restorable"
 
@@ -23,12 +25,15 @@ class Cell:
     state: str  # fresh, stale, missing, blocked, unvalidated, restorable
     reasons: list[str]
     details: dict[str, Any] = field(default_factory=dict)
+    channels: list[str] = field(default_factory=list)  # release channels serving this engine's current key
 
     @property
     def short(self) -> str:
         """The state and its main reason, as a matrix cell says it: `stale: build.max_batch_size 8 -> 64`, `fresh:
-        validated on NVIDIA H100 80GB HBM3 by main-ci, 2026-12-06` (a record a trusted signer published)."""
-        return self.state + (f": {self.reasons[0]}" if self.reasons else "")
+        validated on NVIDIA H100 80GB HBM3 by main-ci, 2026-12-06` (a record a trusted signer published); the
+        channels serving it first: `[prod, canary] fresh`."""
+        served = f"[{', '.join(self.channels)}] " if self.channels else ""
+        return served + self.state + (f": {self.reasons[0]}" if self.reasons else "")
 
 
 @dataclass
@@ -60,6 +65,7 @@ def matrix(planner: Planner, states: list[EngineState]) -> Matrix:
     archs: list[str] = []
     rows: list[tuple[str, str]] = []
     cells: dict[tuple[str, str, str], Cell] = {}
+    serving = channels(planner)
     for s in states:
         e = s.engine
         par = f"tp{e.tp}-pp{e.pp}"
@@ -68,7 +74,9 @@ def matrix(planner: Planner, states: list[EngineState]) -> Matrix:
         if (e.model.name, par) not in rows:
             rows.append((e.model.name, par))
         state = RESTORABLE if s.store and s.state != FRESH else s.state
-        cells[(e.model.name, par, e.arch)] = Cell(e.id, state, list(s.reasons), details(planner, s))
+        chs = serving.get(s.key or "", [])
+        info = {**details(planner, s), "channels": chs}
+        cells[(e.model.name, par, e.arch)] = Cell(e.id, state, list(s.reasons), info, chs)
     return Matrix(archs, rows, cells)
 
 

@@ -27,14 +27,14 @@ import json
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..core.manifest import SIGNATURE, Manifest
-from .base import Store, StoreCorrupt
+from .base import Store, StoreCorrupt, entry_files
 from .settings import StoreSettings
-from .signing import Signer, Verifier, check_file
+from .signing import UNSIGNED, Signer, Verifier, check_file, preload
 
 SIGNERS = ".signers"
 VALIDATIONS = ".validation"
@@ -94,11 +94,15 @@ class GuardedStore(Store):
     def has(self, key: str) -> bool:
         return any(s.has(key) for _, s in self._readable())
 
-    def pull(self, key: str, dest: Path) -> Manifest:
+    def pull(self, key: str, dest: Path, pulled: Callable[[Path], None] | None = None) -> Manifest:
         """From the first namespace whose entry passes: under a policy, its signature must verify against that
         signer over exactly the files pulled (else it is refused, dest emptied, and the next one tried). Refused
-        when a policy refused every entry of the key (the untrusted ones are named too); KeyError when none."""
+        when a policy refused every entry of the key (the untrusted ones are named too); KeyError when none.
+        `pulled(dest)` is called once the files are there, before the signature is checked (a caller's fsync
+        overlaps the check)."""
         reasons: list[str] = []
+        if self.verifiers:
+            preload()  # overlapped with the pull below
         for v, s in self._readable():
             if not s.has(key):
                 continue
@@ -110,6 +114,8 @@ class GuardedStore(Store):
                 reasons.append(f"{s.url}/{key}: {e}")
                 _clear(dest)
                 continue
+            if pulled is not None:
+                pulled(dest)
             if v is None:
                 return m
             why = v.check(dest, dest / SIGNATURE)
@@ -134,7 +140,10 @@ class GuardedStore(Store):
             return False
         if self.signer is None:
             return self.inner.push(key, src)
-        self.signer.sign(src)
+        sent = {rel for rel, _ in entry_files(src, key)}
+        unsent = tuple(str(p.relative_to(src)) for p in src.rglob("*") if p.is_file() and
+                       str(p.relative_to(src)) not in sent and p.name not in UNSIGNED)
+        self.signer.sign(src, ignore=unsent)  # exactly what is sent: a pull restores those, and only those
         scope = self.scope(self.signer.identity)
         if scope.has(key):
             if self._signed_by_me(scope, key):
@@ -190,20 +199,52 @@ class GuardedStore(Store):
         if self.writable:
             (self.scope(self.signer.identity) if self.signer is not None else self.inner)._put_note(name, data)
 
-    # -- validation records
-    def push_validation(self, key: str, record: dict[str, Any]) -> bool:
-        """Publish a signed validation record of entry `key` (writable, signing runs only); True if written."""
-        if not self.writable or self.signer is None:
+    # -- signed records (validation records, release channels)
+    def put_record(self, name: str, data: bytes) -> bool:
+        """Write a small record beside the entries, whole: into this run's signer's namespace with its signature
+        (`name.sig`, written first) when the run signs, else at the top level. False (nothing written) when
+        read-only."""
+        if not self.writable:
             return False
-        name = _slug(str(record.get("gpu") or record.get("arch") or "host")) + ".json"
+        if self.signer is None:
+            self.inner._put_note(name, data)
+            return True
         scope = self.scope(self.signer.identity)
         with tempfile.TemporaryDirectory(prefix="buildlib-record-") as d:
-            path = Path(d) / name
-            path.write_bytes(json.dumps(record, sort_keys=True, indent=1).encode())
-            sig = self.signer.sign(path)
-            scope._put_note(f"{VALIDATIONS}/{key}/{name}", path.read_bytes())
-            scope._put_note(f"{VALIDATIONS}/{key}/{name}.sig", sig.read_bytes())
+            path = Path(d) / name.rpartition("/")[2]
+            path.write_bytes(data)
+            scope._put_note(f"{name}.sig", self.signer.sign(path).read_bytes())
+            scope._put_note(name, data)
         return True
+
+    def record_sources(self) -> list[tuple[Verifier | None, Store]]:
+        """Where records may be read from, as for entries: the trusted signers' namespaces under a policy (each
+        with its verifier), else the top level and every signer's (no verifier)."""
+        return list(self._readable())
+
+    def untrusted_sources(self) -> list[Store]:
+        """Under a policy, the namespaces it does not name (the top level first): said when they alone hold one."""
+        trusted = {v.identity for v in self.verifiers}
+        return [self.inner, *(self.scope(i) for i in self.identities() if i not in trusted)] if self.verifiers else []
+
+    @staticmethod
+    def read_record(verifier: Verifier | None, scope: Store, name: str) -> tuple[bytes | None, str | None]:
+        """(data, None) of a record that passes (`verifier` None: no policy, nothing to check); (data, why) of
+        one refused; (None, None) when there is none."""
+        data = scope._get_note(name)
+        if data is None or verifier is None:
+            return data, None
+        sig = scope._get_note(f"{name}.sig")
+        if sig is None:
+            return data, "unsigned (no signature; the trust policy takes signed records only)"
+        return data, check_file(verifier, data, name.rpartition("/")[2], sig)
+
+    def push_validation(self, key: str, record: dict[str, Any]) -> bool:
+        """Publish a signed validation record of entry `key` (writable, signing runs only); True if written."""
+        if self.signer is None:
+            return False
+        name = _slug(str(record.get("gpu") or record.get("arch") or "host")) + ".json"
+        return self.put_record(f"{VALIDATIONS}/{key}/{name}", json.dumps(record, sort_keys=True, indent=1).encode())
 
     def validations(self, key: str) -> list[tuple[dict[str, Any], str]]:
         """(record, signer name) of every validation record of `key` a trusted signer signed (a policy is needed:
@@ -214,9 +255,8 @@ class GuardedStore(Store):
             for name in scope._list_notes(f"{VALIDATIONS}/{key}"):
                 if not name.endswith(".json"):
                     continue
-                data = scope._get_note(f"{VALIDATIONS}/{key}/{name}")
-                sig = scope._get_note(f"{VALIDATIONS}/{key}/{name}.sig")
-                if data is None or sig is None or check_file(v, data, name, sig) is not None:
+                data, why = self.read_record(v, scope, f"{VALIDATIONS}/{key}/{name}")
+                if data is None or why is not None:
                     continue
                 try:
                     record = json.loads(data)
