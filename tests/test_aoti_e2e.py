@@ -53,6 +53,20 @@ def test_first_run_builds_and_validates_a_real_engine(built):
     states = plan(root, _env())
     assert states[ENGINE]["state"] == "fresh"
     assert states["tiny-llama/sm90/tp1-pp1"]["state"] == "blocked"
+    # the speed at the envelope, compiled against eager in the same process (#28)
+    perf = v["perf"]
+    assert perf["prefill"]["shape"] == [4, 64] and perf["decode"]["shape"] == [4, 1]  # models.yaml's envelope
+    for shape in ("prefill", "decode"):
+        rec = perf[shape]
+        assert rec["engine"]["runs"] >= 10 and rec["eager"]["runs"] >= 10
+        assert 0 < rec["engine"]["p10_s"] <= rec["engine"]["median_s"] <= rec["engine"]["p90_s"]
+        assert rec["speedup"] == pytest.approx(rec["eager"]["median_s"] / rec["engine"]["median_s"])
+    assert perf["tokens_per_s"] == pytest.approx(4 * 64 / perf["prefill"]["engine"]["median_s"])
+    assert perf["device"]["kind"] == "cpu" and perf["device"]["isa"] == ISA
+    assert states[ENGINE]["perf"] == perf
+    status = doit(root, "status", env=_env()).stdout
+    line = next(ln for ln in status.splitlines() if ln.startswith(ENGINE + " "))
+    assert f"{perf['tokens_per_s']:,.0f}" in line and f"{perf['prefill']['speedup']:.2f}" in line, status
 
 
 def test_second_run_does_nothing(built):

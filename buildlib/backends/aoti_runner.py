@@ -11,14 +11,19 @@ from ..core.engine import Engine
 from ..core.errors import BuildFailed
 from ..core.layout import INDUCTOR_CACHE
 from ..core.model import GPU_ARCH_RE
-from ..host.gpu import Host
+from ..host.gpu import Gpu, Host
 from ..host.proc import run_worker
 from .aoti_refit import fast_refit
+from .recipe import dist_version
 from .runner import Job, Runner, Step, require_files
 
 PACKAGE = "model.pt2"
 WEIGHTS = "weights.safetensors"  # refit: true: the package's constants, outside its compiled code
 WORKER = "buildlib.backends.aoti_worker"
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in ".-" else "-" for c in text).strip("-") or "none"
 
 
 def outputs(engine: Engine) -> tuple[str, ...]:
@@ -39,11 +44,20 @@ class AotiRunner(Runner):
             return super().blocked(engine, host, step)
         return None if engine.arch == host.cpu_isa else f"needs an {engine.arch} host"
 
+    def build_cache(self, engine: Engine, gpus: tuple[Gpu, ...], work_dir: Path) -> tuple[str, Path] | None:
+        """Inductor's caches (FX graphs, generated kernels and their compiled objects, autotune results), per (GPU
+        name or CPU ISA, torch version): what Inductor reuses across compiles; not part of the key."""
+        where = gpus[0].name if GPU_ARCH_RE.fullmatch(engine.arch) and gpus else engine.arch
+        name = _slug(f"{where}-torch{dist_version('torch') or 'none'}")
+        return f"inductor/{name}", work_dir / INDUCTOR_CACHE / name
+
     def _request(self, job: Job, op: str) -> dict[str, Any]:
         e = job.engine
+        cache = self.build_cache(e, job.gpus, job.work_dir)
+        assert cache is not None
         return {"op": op, "checkpoint": str(job.checkpoint), "package": str(job.out_dir / PACKAGE),
                 "dtype": e.model.dtype, "device": "cuda" if GPU_ARCH_RE.fullmatch(e.arch) else "cpu",
-                "cache_dir": str(job.work_dir / INDUCTOR_CACHE), "refit": e.model.refit,
+                "cache_dir": str(cache[1]), "refit": e.model.refit,
                 "weights": str(job.out_dir / WEIGHTS), **e.model.build_options}
 
     def build(self, job: Job) -> None:

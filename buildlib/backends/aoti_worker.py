@@ -175,7 +175,8 @@ def compile_package(req: dict[str, Any]) -> dict[str, Any]:
     t2 = time.perf_counter()
     phase("compile")
     # refit: the weights stay out of the compiled code and go to weights.safetensors beside the package
-    configs = {"aot_inductor.package_constants_in_so": False} if req.get("refit") else {}
+    configs: dict[str, Any] = {"aot_inductor.package_constants_in_so": False} if req.get("refit") else {}
+    configs.update({k: True for k in ("max_autotune", "coordinate_descent_tuning") if req.get(k)})  # aoti_recipe
     out = torch._inductor.aoti_compile_and_package(ep, package_path=str(package), inductor_configs=configs)
     compile_s = time.perf_counter() - t2
     log(f"compiled {out} in {compile_s:.1f}s")
@@ -285,9 +286,34 @@ def validate_package(req: dict[str, Any]) -> dict[str, Any]:
     tokens_match = tokens["compiled"] == tokens["eager"]
     # near-ties may flip in half precision, so tokens must agree only in float32
     ok = rel_err <= tolerance and (tokens_match or req["dtype"] != "float32")
-    return {"ok": ok, "max_abs_err": abs_err, "max_rel_err": rel_err, "tolerance": tolerance,
-            "tokens": tokens, "tokens_match": tokens_match, "shapes": [list(x) for x in shapes],
-            "validate_s": round(time.perf_counter() - t0, 2)}
+    out = {"ok": ok, "max_abs_err": abs_err, "max_rel_err": rel_err, "tolerance": tolerance,
+           "tokens": tokens, "tokens_match": tokens_match, "shapes": [list(x) for x in shapes]}
+    if ok:
+        phase("measure")
+        out["perf"] = measure(runner, model, vocab, b, min(req["max_input_len"], s), req["device"])
+        log(f"speed: {out['perf']['tokens_per_s']:,.0f} tokens/s prefill, {out['perf']['prefill']['speedup']:.2f}x "
+            f"eager; decode {out['perf']['decode']['engine']['tokens_per_s']:,.0f} tokens/s")
+    return {**out, "validate_s": round(time.perf_counter() - t0, 2)}
+
+
+def measure(runner: Any, model: torch.nn.Module, vocab: int, batch: int, input_len: int,
+            device: str) -> dict[str, Any]:
+    """The compiled package against eager PyTorch, same inputs, same process (buildlib.core.perf): a prefill at
+    batch x input_len and a one-token step at batch."""
+    import torch
+
+    from ..core import perf
+    from .aoti_device import describe
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    shapes = {}
+    with torch.no_grad():
+        for name, shape in (("prefill", (batch, input_len)), ("decode", (batch, 1))):
+            ids = _prompt(vocab, *shape, device)
+            engine = perf.timed(lambda ids=ids: runner(ids), sync)
+            eager = perf.timed(lambda ids=ids: model(input_ids=ids, use_cache=False), sync)
+            shapes[name] = perf.shape_record(shape, engine, eager)
+    return perf.record(describe(device), shapes["prefill"], shapes["decode"])
 
 
 def main() -> None:

@@ -79,6 +79,12 @@ class Runner(ABC):
         (the engine's structure is the same, buildlib.core.structure); BuildFailed when the toolchain refuses."""
         raise BuildFailed(f"the {self.name} backend cannot refit engines")
 
+    def build_cache(self, engine: Engine, gpus: tuple[Gpu, ...], work_dir: Path) -> tuple[str, Path] | None:
+        """The build cache a build of `engine` on `gpus` reads and writes: (its name in the store, a file or dir
+        under work_dir), named by what makes it reusable (GPU name or CPU ISA, toolchain version); None if the
+        backend keeps none. Never part of a key (buildlib.run.caches)."""
+        return None
+
     @abstractmethod
     def validate(self, job: Job) -> dict[str, Any]:
         """Load the engine in job.out_dir and run it; return details, raise BuildFailed if wrong."""

@@ -14,7 +14,7 @@ from ..core.engine import Engine
 from ..core.errors import BuildFailed
 from ..core.layout import TIMING_CACHE
 from ..core.manifest import NOT_OUTPUTS
-from ..host.gpu import Host
+from ..host.gpu import Gpu, Host
 from ..host.proc import run_logged, run_worker
 from .runner import Job, Runner, Step, require_files
 from .trtllm_options import to_argv
@@ -89,12 +89,17 @@ class TrtllmRunner(Runner):
             "tp": e.tp, "pp": e.pp, "quantization": e.model.quant, "model_class": e.model.model_class,
         }, job.log, f"convert:{e.convert_id}", env=job.visible_env(), cwd=job.work_dir)
 
-    @staticmethod
-    def _timing_cache(job: Job) -> Path:
-        """Per (GPU name, TensorRT version): it speeds rebuilds and is not part of the key."""
-        gpu = job.gpus[0].name if job.gpus else "none"
+    def build_cache(self, engine: Engine, gpus: tuple[Gpu, ...], work_dir: Path) -> tuple[str, Path] | None:
+        """TensorRT's timing cache, per (GPU name, TensorRT version): it speeds rebuilds and is not part of the key."""
+        gpu = gpus[0].name if gpus else "none"
         trt = TrtllmRecipe().toolchain().get("tensorrt") or "unknown"
-        return job.work_dir / TIMING_CACHE / f"{_slug(gpu)}-trt{_slug(trt)}.cache"
+        name = f"{_slug(gpu)}-trt{_slug(trt)}.cache"
+        return f"timing/{name}", work_dir / TIMING_CACHE / name
+
+    def _timing_cache(self, job: Job) -> Path:
+        got = self.build_cache(job.engine, job.gpus, job.work_dir)
+        assert got is not None
+        return got[1]
 
     def build(self, job: Job) -> None:
         e = job.engine
@@ -159,5 +164,6 @@ class TrtllmRunner(Runner):
             argv_prefix = [mpirun, "-n", str(e.world_size), "--allow-run-as-root"]
         return run_worker("buildlib.backends.trtllm_validate", {
             "engine_dir": str(job.out_dir), "max_new_tokens": VALIDATE_NEW_TOKENS, "world_size": e.world_size,
+            "gpu": job.gpus[0].name if job.gpus else None,
         }, job.log, f"validate:{e.id}", env=job.visible_env(), cwd=job.work_dir, prefix=argv_prefix)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 PROMPT = [1, 15043, 29892, 920, 526, 366]  # fixed token ids: no tokenizer needed to smoke-test
+DECODE_TOKENS = 16
 
 
 def _rank() -> int:
@@ -40,6 +41,7 @@ def validate(req: dict[str, Any]) -> dict[str, Any]:
     prompt = torch.tensor([t % vocab for t in PROMPT], dtype=torch.int32)
     runner = ModelRunner.from_dir(engine_dir=str(engine_dir), rank=rank)
     out = runner.generate(batch_input_ids=[prompt], max_new_tokens=req["max_new_tokens"], end_id=-1, pad_id=0)
+    speed = measure(runner, vocab, req.get("gpu"))  # every rank takes part; the first stage's rank 0 reports it
     stage = rank // tp
     if stage == pp - 1 and stage != 0:  # the last stage: its gathered logits only, the ids went to the first
         if not isinstance(out, dict) or "output_ids" in out:
@@ -54,7 +56,30 @@ def validate(req: dict[str, Any]) -> dict[str, Any]:
     new = [int(t) for t in out[0, 0, len(PROMPT):].tolist()]
     if len(new) < 1 or any(not 0 <= t < vocab for t in new):
         raise SystemExit(f"engine generated no valid tokens: {new}")
-    return {"tokens": new, "detail": f"generated {len(new)} tokens on rank {rank}"}
+    return {"tokens": new, "detail": f"generated {len(new)} tokens on rank {rank}", "perf": speed}
+
+
+def measure(runner: Any, vocab: int, gpu: str | None) -> dict[str, Any]:
+    """ModelRunner.generate timed at the engine's envelope (buildlib.core.perf), on every rank alike: the ranks of
+    one engine generate together, so each makes the same calls (a fixed count: a time budget could differ between
+    ranks and leave one waiting for the others). Prefill: max_batch_size prompts of max_input_len tokens, one new
+    token; decode: max_batch_size one-token prompts, DECODE_TOKENS new tokens each."""
+    import torch
+
+    from ..core import perf
+
+    b, n = int(runner.max_batch_size), int(runner.max_input_len)
+    steps = max(1, min(DECODE_TOKENS, int(runner.max_seq_len) - 1))
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    shapes = {}
+    for name, (length, new_tokens) in (("prefill", (n, 1)), ("decode", (1, steps))):
+        batch = [torch.tensor([(7 * i + j) % vocab for j in range(length)], dtype=torch.int32) for i in range(b)]
+        times = perf.timed(lambda batch=batch, k=new_tokens: runner.generate(batch_input_ids=batch, max_new_tokens=k,
+                                                                            end_id=-1, pad_id=0),
+                           sync, warmup=2, repeats=perf.REPEATS, budget_s=0)
+        shapes[name] = perf.shape_record((b, length if name == "prefill" else new_tokens), times)
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else gpu  # the GPU the step holds
+    return perf.record({"kind": "cuda", "name": name}, shapes["prefill"], shapes["decode"])
 
 
 def main() -> None:

@@ -14,6 +14,8 @@ opt_check = {"name": "check", "long": "check", "type": bool, "default": False,
              "help": "exit 1, recording nothing, when an engine is left out (not in the store, not validated)"}
 opt_rollback = {"name": "rollback", "long": "rollback", "type": str, "default": "",
                 "help": "MODEL: restore the channel's release of MODEL before the one in force (a new record)"}
+opt_regressed = {"name": "regressed", "long": "regressed", "type": bool, "default": False,
+                 "help": "release engines the perf gate caught slower than the engines they replaced"}
 opt_unvalidated = {"name": "unvalidated", "long": "unvalidated", "type": bool, "default": False,
                    "help": "release engines that nothing vouches passed validation (their models ask for it)"}
 
@@ -29,24 +31,26 @@ class ReleaseCmd(EngineCommand):
     name = "release"
     needs_tasks = False
     doc_purpose = "record in the store that CHANNEL (canary, prod, ...) serves the current engines"
-    doc_usage = "CHANNEL [--check] [--unvalidated] [ENGINE-GLOB ...] | CHANNEL --rollback MODEL"
+    doc_usage = "CHANNEL [--check] [--unvalidated] [--regressed] [ENGINE-GLOB ...] | CHANNEL --rollback MODEL"
     doc_description = ("Per model, the engines whose current key is in the store (and validated, where the model\n"
                        "asks for it) become the channel's release; the rest are named and left out. The release\n"
                        "in force before is kept: `doit release prod --rollback MODEL` restores it. Signed where\n"
                        "the store signs (store: sign); nodes with a trust policy refuse unsigned releases.")
-    cmd_options = (opt_check, opt_rollback, opt_unvalidated)
+    cmd_options = (opt_check, opt_rollback, opt_unvalidated, opt_regressed)
 
-    def _execute(self, check: bool, rollback: str, unvalidated: bool, pos_args: list[str] | None = None) -> int:
-        return exit_on_user_error(lambda: self._run(check, rollback, unvalidated, pos_args or []))
+    def _execute(self, check: bool, rollback: str, unvalidated: bool, regressed: bool,
+                 pos_args: list[str] | None = None) -> int:
+        return exit_on_user_error(lambda: self._run(check, rollback, unvalidated, regressed, pos_args or []))
 
-    def _run(self, check: bool, rollback_model: str, unvalidated: bool, pos: list[str]) -> int:
+    def _run(self, check: bool, rollback_model: str, unvalidated: bool, regressed: bool, pos: list[str]) -> int:
         # doit stops parsing options at the first positional argument; `doit release prod --rollback M` (the order
         # the help shows) leaves them among the positionals: take them from there.
         args: list[str] = []
         it = iter(pos)
         for a in it:
-            if a in ("--check", "--unvalidated"):
+            if a in ("--check", "--unvalidated", "--regressed"):
                 check, unvalidated = check or a == "--check", unvalidated or a == "--unvalidated"
+                regressed = regressed or a == "--regressed"
             elif a == "--rollback" or a.startswith("--rollback="):
                 rollback_model = a.partition("=")[2] if "=" in a else next(it, "")
                 if not rollback_model:
@@ -67,7 +71,7 @@ class ReleaseCmd(EngineCommand):
             w(f"rolled back {channel} for {rollback_model}: {rel.id} serves {_engines(rel)} again "
               f"(as {undone.previous}); {undone.id} undone\nrecorded {url}\n")
             return 0
-        got = release(planner, channel, globs, check, unvalidated)
+        got = release(planner, channel, globs, check, unvalidated, regressed)
         for engine, why in got.left_out:
             w(f"left out  {engine}: {why}\n")
         if check and got.left_out:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import fnmatch
 
 from ..core.errors import UserError
+from ..plan.planner import measured
+from ..plan.state import FRESH
 from ..report.ci import FAILED, collect_results, junit_xml, markdown_summary
 from .command import EngineCommand, exit_on_user_error, markdown_is_summary, write_text
 from .session import loaded_planner
@@ -45,6 +47,7 @@ class ReportCmd(EngineCommand):
             if not states:
                 raise UserError(f"no engine matches {' '.join(globs)}; see `doit plan` for the engine names")
         results = collect_results(planner, states)
+        states = [measured(planner, s) if s.state == FRESH and s.validated else s for s in states]  # speed, gate
         if junit:
             write_text(junit, junit_xml(results))
         if markdown:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..report.forecast import lines as forecast_lines
 from ..report.listing import planned, summary
-from ..report.status import matrix, text
+from ..report.status import matrix, text, trade_off
 from ..report.status_html import render
 from .command import EngineCommand, exit_on_user_error, gpus_option, opt_gpus, write_text
 from .session import loaded_planner
@@ -34,7 +34,7 @@ class StatusCmd(EngineCommand):
         states = planned(planner, globs)
         m = matrix(planner, states)
         forecast = forecast_lines(planner, states, gpus_option(gpus))
-        for line in [*text(m), *forecast, summary(states)]:
+        for line in [*text(m), *trade_off(m), *forecast, summary(states)]:
             self.outstream.write(line + "\n")
         if html:
             write_text(html, render(m, forecast, title=f"Engines of {planner.spec.project.models_path.name}"))

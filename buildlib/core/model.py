@@ -49,7 +49,7 @@ TRITON_MODELS = ("tensorrt_llm", "preprocessing", "postprocessing", "ensemble", 
 
 TOP_KEYS = {"defaults", "models", "engines_dir", "work_dir", "store", "triton_templates", "triton_dir"}
 MODEL_KEYS = {"backend", "dtype", "quantization", "archs", "parallel", "build", "gpu_name",
-              "max_workers", "validate", "model_class", "trust_remote_code", "triton", "refit"}
+              "max_workers", "validate", "model_class", "trust_remote_code", "triton", "refit", "perf_gate"}
 NAMED_KEYS = {"name", "checkpoint"}
 
 
@@ -85,6 +85,7 @@ class ModelSpec:
     trust_remote_code: bool = False  # allow checkpoints with custom code (auto_map) or pickle weights
     triton: tuple[tuple[str, str | int | float | bool], ...] = ()  # Triton config.pbtxt values (buildlib.triton)
     refit: bool = False  # engines built refittable; a weights-only change is refitted (buildlib.structure)
+    perf_gate: float | None = None  # rebuilt engines below this share of the replaced one's tokens/s: regressed
 
     @property
     def build_options(self) -> dict[str, Any]:

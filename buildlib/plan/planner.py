@@ -29,6 +29,7 @@ from ..core.manifest import (
     validation_vouches,
 )
 from ..core.model import GPU_ARCH_RE, ModelSpec, Spec
+from ..core.perf import regression_reason
 from ..core.statcache import Stamp, StatCache, settled, signature, stats_hold, stats_of
 from ..core.structure import recorded_key, structure_key, structure_reasons
 from ..host.confine import claim
@@ -38,7 +39,7 @@ from ..store.guarded import GuardedStore
 from ..store.open import project_store
 from .estimate import build_record
 from .keys import Keys, own_fields
-from .state import BLOCKED, FRESH, MISSING, STALE, UNVALIDATED, EngineState
+from .state import BLOCKED, FRESH, MISSING, REGRESSED, STALE, UNVALIDATED, EngineState
 
 PROBE_ENGINES = 3000  # engines whose stamp checks take about as long as the GPU probe's ~20-50 ms on 2 cores
 
@@ -349,14 +350,32 @@ class Planner:
         return found if found != s.key else None
 
 
+def measured(planner: Planner, s: EngineState) -> EngineState:
+    """A validated engine with the speed its validation measured (`perf`), shown `regressed` when the model's
+    perf_gate caught it slower than the engine it replaced."""
+    rec = validation_record(s.engine.path(planner.spec.project), s.key or "") or {}
+    perf = rec.get("perf") if isinstance(rec.get("perf"), dict) else None
+    verdict = rec.get("perf_gate")
+    if isinstance(verdict, dict) and verdict.get("regressed") and s.engine.model.perf_gate is not None:
+        return EngineState(s.engine, REGRESSED, [regression_reason(verdict)], s.key, s.fields, None, s.store,
+                           True, perf=perf)
+    if perf is not None:
+        s.perf = perf
+    return s
+
+
 def shown(planner: Planner, states: list[EngineState]) -> list[EngineState]:
     """The states as `doit plan` shows them: a fresh engine whose model requires validation and which
     validation does not vouch for is `unvalidated`, with why (the recorded failure and its log, or that
-    it never ran), or `blocked` where this host cannot run it. The build logic keeps seeing `fresh`:
-    such an engine needs validating, not rebuilding."""
+    it never ran), or `blocked` where this host cannot run it; a validated one carries its measured speed
+    and is `regressed` when the perf gate caught it. The build logic keeps seeing `fresh`: such an engine
+    needs validating (or a look at its speed), not rebuilding."""
     out = []
     for s in states:
-        if s.state != FRESH or s.validated or not s.engine.model.validate:
+        if s.state == FRESH and s.validated:
+            out.append(measured(planner, s))
+            continue
+        if s.state != FRESH or not s.engine.model.validate:
             out.append(s)
             continue
         e = s.engine

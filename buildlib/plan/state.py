@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..backends.registry import runner
 from ..core.engine import Engine
-from ..core.states import BLOCKED, FRESH, MISSING, STALE, UNVALIDATED
+from ..core.states import BLOCKED, FRESH, MISSING, REGRESSED, STALE, UNVALIDATED
 
 if TYPE_CHECKING:
     from .keys import Keys
 
-__all__ = ["BLOCKED", "FRESH", "MISSING", "STALE", "UNVALIDATED", "EngineState", "state_json"]
+__all__ = ["BLOCKED", "FRESH", "MISSING", "REGRESSED", "STALE", "UNVALIDATED", "EngineState", "state_json"]
 
 
 @dataclass(slots=True)  # 10,000 are made on a no-op over 10,000 engines
@@ -29,6 +29,7 @@ class EngineState:
     refit_store: str | None = None  # no refit source here: the key of a same-structure engine in the store
     lazy_of: Keys | None = field(default=None, repr=False, compare=False)  # makes the unset fields, key
     attested: dict[str, Any] | None = None  # a trusted signer's record that it was validated elsewhere (shown)
+    perf: dict[str, Any] | None = None  # the speed its validation measured (buildlib.core.perf; shown)
 
     @classmethod
     def lazy(cls, engine: Engine, state: str, reasons: list[str], key: str | None, keys: Keys,
@@ -59,4 +60,4 @@ def state_json(s: EngineState) -> dict[str, Any]:
             "tp": s.engine.tp, "pp": s.engine.pp, "backend": s.engine.model.backend,
             "gpus": runner(s.engine.model.backend).gpus(s.engine, "build"),
             "state": s.state, "reasons": s.reasons, "key": s.key, "store": s.store,
-            "refit_of": s.refit_of or s.refit_store, "validated_elsewhere": s.attested}
+            "refit_of": s.refit_of or s.refit_store, "validated_elsewhere": s.attested, "perf": s.perf}

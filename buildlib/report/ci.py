@@ -6,13 +6,14 @@ import heapq
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..backends.registry import runner
 from ..core.errors import BackendUnavailable, UserError
 from ..core.manifest import MANIFEST, VALIDATION, read_manifest
+from ..core.perf import device_name, regression_reason
 from ..host.publish import failed_log
 from ..plan.planner import Planner
 from ..plan.state import BLOCKED, FRESH, MISSING, STALE, UNVALIDATED, EngineState
@@ -87,6 +88,7 @@ class Result:
     seconds: float = 0.0
     message: str = ""
     detail: str = ""  # the failed log's tail
+    properties: dict[str, str] = field(default_factory=dict)  # JUnit <properties>: the measured speed
 
     @property
     def name(self) -> str:
@@ -148,7 +150,12 @@ def _validate_result(planner: Planner, s: EngineState, build: Result) -> Result:
     edir = s.engine.dir(planner.spec.project)
     v = _json(edir / VALIDATION)
     if v is not None and s.key is not None and v.get("key") == s.key and v.get("ok") is True:
-        return Result("validate", eid, PASSED, _seconds(v.get("seconds")))
+        props = perf_properties(v.get("perf"), v.get("perf_gate"))
+        verdict = v.get("perf_gate")
+        if isinstance(verdict, dict) and verdict.get("regressed") and s.engine.model.perf_gate is not None:
+            return Result("validate", eid, FAILED, _seconds(v.get("seconds")),
+                          f"regressed: {regression_reason(verdict)}", properties=props)
+        return Result("validate", eid, PASSED, _seconds(v.get("seconds")), properties=props)
     if build.outcome != PASSED:
         return Result("validate", eid, SKIPPED, message=f"build {build.outcome}")
     log = edir / VALIDATE_LOG
@@ -159,6 +166,25 @@ def _validate_result(planner: Planner, s: EngineState, build: Result) -> Result:
     if blocked or s.state == BLOCKED:
         return Result("validate", eid, SKIPPED, message=blocked or (s.reasons[0] if s.reasons else "blocked"))
     return Result("validate", eid, FAILED, message="not validated; see the doit output")
+
+
+def perf_properties(perf: Any, verdict: Any) -> dict[str, str]:
+    """The speed a validation measured (buildlib.core.perf), flattened for JUnit properties."""
+    out: dict[str, str] = {}
+    if isinstance(perf, dict):
+        out["device"] = str(device_name(perf) or "")
+        for shape in ("prefill", "decode"):
+            rec = perf.get(shape) or {}
+            eng = rec.get("engine") or {}
+            for k in ("tokens_per_s", "median_s", "p10_s", "p90_s"):
+                if k in eng:
+                    out[f"{shape}.{k}"] = f"{eng[k]:.6g}"
+            if "speedup" in rec:
+                out[f"{shape}.speedup_over_eager"] = f"{rec['speedup']:.4g}"
+    if isinstance(verdict, dict):
+        out.update({"perf_gate.ratio": f"{verdict.get('ratio', 0):.4g}", "perf_gate.regressed":
+                    str(bool(verdict.get("regressed"))).lower()})
+    return out
 
 
 def collect_results(planner: Planner, states: Sequence[EngineState]) -> list[Result]:
@@ -181,6 +207,27 @@ def collect_results(planner: Planner, states: Sequence[EngineState]) -> list[Res
         out.append(b)
         if s.engine.model.validate:
             out.append(_validate_result(planner, s, b))
+    return out
+
+
+def speed_table(states: Sequence[EngineState]) -> list[str]:
+    """The measured speed of every engine that has one (Markdown): tokens/s at the prefill shape with its p10-p90
+    spread, decode tokens/s, the speed-up over eager, the device."""
+    rows = [s for s in states if s.perf]
+    if not rows:
+        return []
+    out = ["", "### Speed (measured at validation)", "",
+           "| Engine | Device | Prefill tokens/s (p10-p90) | Decode tokens/s | x eager | State |",
+           "|---|---|---|---|---|---|"]
+    for s in sorted(rows, key=lambda s: s.engine.id):
+        p = s.perf or {}
+        pre, dec = (p.get("prefill") or {}), (p.get("decode") or {})
+        e, d = pre.get("engine") or {}, dec.get("engine") or {}
+        n = e.get("tokens_per_s", 0) * e.get("median_s", 0)  # tokens per call
+        spread = f" ({n / e['p90_s']:,.0f}-{n / e['p10_s']:,.0f})" if n and e.get("p10_s") and e.get("p90_s") else ""
+        up = f"{pre['speedup']:.2f}" if "speedup" in pre else "–"
+        out.append(f"| `{s.engine.id}` | {_cell(str(device_name(p) or '?'))} | {e.get('tokens_per_s', 0):,.0f}{spread} "
+                   f"| {d.get('tokens_per_s', 0):,.0f} | {up} | {s.state} |")
     return out
 
 
@@ -213,6 +260,10 @@ def junit_xml(results: Sequence[Result], name: str = "enginebuild") -> str:
                               **{k: str(v) for k, v in counts.items()})
         for r in rs:
             case = ET.SubElement(suite, "testcase", name=r.name, classname=f"{name}.{task}", time=f"{r.seconds:.3f}")
+            if r.properties:
+                props = ET.SubElement(case, "properties")
+                for k, v in r.properties.items():
+                    ET.SubElement(props, "property", name=k, value=_xml_text(v))
             if r.outcome == FAILED:
                 el = ET.SubElement(case, "failure", message=_xml_text(r.message), type=f"{task}-failed")
                 el.text = _xml_text(r.detail) or None
@@ -290,6 +341,7 @@ def markdown_summary(states: Sequence[EngineState], results: Sequence[Result] | 
         lines.append("| " + " | ".join(cells) + " |")
     if hidden:
         lines += ["", f"{hidden} fresh engines not listed."]
+    lines += speed_table(states)
     fails = [r for r in results or () if r.outcome == FAILED]
     for r in fails[:20]:
         lines += ["", f"<details><summary>❌ {r.name}: {_cell(r.message)}</summary>", "",

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.manifest import read_manifest
+from ..core.perf import device_name, headline
 from ..plan.planner import Planner
 from ..plan.state import FRESH, EngineState
 from .listing import channels
@@ -61,6 +62,29 @@ def details(planner: Planner, s: EngineState) -> dict[str, Any]:
     return out
 
 
+def speed(perf: dict[str, Any] | None) -> dict[str, Any]:
+    """What a cell shows of the speed its validation measured: tokens/s (prefill), the speed-up over eager."""
+    if not perf:
+        return {}
+    pre = perf.get("prefill") or {}
+    return {"tokens_per_s": headline(perf), "speedup": pre.get("speedup"), "measured_on": device_name(perf)}
+
+
+def trade_off(m: Matrix) -> list[str]:
+    """One line per engine with a recorded build or a measured speed: build seconds next to tokens/s and the
+    speed-up over eager, the trade ahead-of-time compilation makes."""
+    rows = [(c.engine, c.details.get("seconds"), c.details.get("tokens_per_s"), c.details.get("speedup"))
+            for c in m.cells.values() if c.details.get("seconds") or c.details.get("tokens_per_s")]
+    if not rows:
+        return []
+    width = max(len(r[0]) for r in rows)
+    out = [f"{'engine':<{width}}  {'build s':>9}  {'tokens/s':>12}  {'x eager':>7}"]
+    for name, secs, tps, up in rows:
+        out.append(f"{name:<{width}}  {f'{secs:,.1f}' if secs else '-':>9}  {f'{tps:,.0f}' if tps else '-':>12}  "
+                   f"{f'{up:.2f}' if up else '-':>7}")
+    return out
+
+
 def matrix(planner: Planner, states: list[EngineState]) -> Matrix:
     archs: list[str] = []
     rows: list[tuple[str, str]] = []
@@ -75,7 +99,7 @@ def matrix(planner: Planner, states: list[EngineState]) -> Matrix:
             rows.append((e.model.name, par))
         state = RESTORABLE if s.store and s.state != FRESH else s.state
         chs = serving.get(s.key or "", [])
-        info = {**details(planner, s), "channels": chs}
+        info = {**details(planner, s), "channels": chs, **speed(s.perf)}
         cells[(e.model.name, par, e.arch)] = Cell(e.id, state, list(s.reasons), info, chs)
     return Matrix(archs, rows, cells)
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..core.errors import UserError
 from ..core.manifest import validation_record
+from ..core.perf import regression_reason
 from ..plan.planner import Planner
 from ..plan.state import FRESH, EngineState
 from ..report.listing import select
@@ -87,8 +88,21 @@ def _entry(planner: Planner, store: GuardedStore, s: EngineState, validated: lis
             "signer": signer, "validated": validated}
 
 
+def _regressed(planner: Planner, store: GuardedStore, s: EngineState) -> str | None:
+    """Why the perf gate caught this engine slower than the one it replaced (this host's validation, or a trusted
+    signer's record), or None."""
+    if s.engine.model.perf_gate is None:
+        return None
+    recs = [r for r, _ in store.validations(str(s.key))]
+    if s.state == FRESH:
+        recs.append(validation_record(s.engine.path(planner.spec.project), str(s.key)) or {})
+    verdict = next((r["perf_gate"] for r in recs if isinstance(r.get("perf_gate"), dict)
+                    and r["perf_gate"].get("regressed")), None)
+    return regression_reason(verdict) if verdict else None
+
+
 def release(planner: Planner, channel: str, globs: Sequence[str] = (), check: bool = False,
-            unvalidated: bool = False) -> Outcome:
+            unvalidated: bool = False, regressed: bool = False) -> Outcome:
     """Record for each model the engines `channel` now serves (see the module); the outcome says what was left out."""
     check_name("channel", channel)
     store = writable_store(planner)
@@ -110,6 +124,10 @@ def release(planner: Planner, channel: str, globs: Sequence[str] = (), check: bo
             out.left_out.append((s.engine.id, "in the store, but nothing vouches that it passed validation (no "
                                  "validation of its key here" + ("" if store.verifiers else ", and no trust policy to "
                                  "believe a signed record by") + "): validate it, or release with --unvalidated"))
+            continue
+        slower = _regressed(planner, store, s)
+        if slower and not regressed:
+            out.left_out.append((s.engine.id, f"regressed: {slower}; release with --regressed to ship it anyway"))
             continue
         wanted.setdefault(s.engine.model.name, []).append(_entry(planner, store, s, validated))
     if check and out.left_out:

@@ -22,7 +22,7 @@ from ..host.publish import locked
 from ..host.slots import describe, gpu_slots
 from ..plan.planner import Planner
 from ..plan.state import BLOCKED, FRESH
-from . import transfer
+from . import caches, transfer
 from .produce import check_inputs, finish_engine, produce, say, slots, waiting
 from .refit import refit
 
@@ -123,6 +123,10 @@ def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None,
                 progress.step(planner.spec.project.work_dir, f"build:{engine.id}", "build", [g.index for g in held],
                               priority):
             say(f"building {engine.id} ({'; '.join(st.reasons)})" + (f" on {describe(held)}" if held else ""))
+            cache = backend.build_cache(engine, tuple(held), planner.spec.project.work_dir) if store else None
+            if store is not None and cache is not None:
+                say(f"build cache {cache[0]}: {caches.warm(store, *cache)}")
+            before = caches.fingerprint(cache[1]) if cache is not None and cache[1].exists() else None
             t0 = time.monotonic()
 
             def make(tmp: Path) -> None:
@@ -139,4 +143,6 @@ def build(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None,
         say(f"built {engine.id} in {time.monotonic() - t0:.1f}s -> {dest}")
         if store is not None:
             transfer.push(store, st.key, dest, engine, planner.keys.structure_key(engine, st.fields))
+            if cache is not None:
+                say(f"build cache {cache[0]}: {caches.share(store, *cache, before)}")
         return Outcome(FRESH, None, "built")

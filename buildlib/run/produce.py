@@ -15,7 +15,7 @@ from ..core.engine import Engine
 from ..core.errors import BuildFailed
 from ..core.hashing import hash_file
 from ..core.layout import checkpoint_dir
-from ..core.manifest import Manifest, record_outputs, write_manifest
+from ..core.manifest import Manifest, read_manifest, record_outputs, validation_record, write_manifest
 from ..core.model import GeneratedCheckpoint, ModelSpec
 from ..core.structure import structure_record
 from ..host.gpu import Gpu
@@ -27,6 +27,20 @@ from ..plan.state import EngineState
 # The CI run a build comes from, where the environment names one (GitHub Actions, GitLab CI, Buildkite).
 CI_VARS = ("GITHUB_REPOSITORY", "GITHUB_RUN_ID", "GITHUB_SHA", "GITHUB_WORKFLOW", "GITHUB_REF", "CI_PROJECT_PATH",
            "CI_PIPELINE_ID", "CI_COMMIT_SHA", "BUILDKITE_BUILD_URL")
+
+
+def replaced_perf(dest: Path) -> dict[str, Any] | None:
+    """{key, perf} of the validated engine still in `dest` (what a rebuild replaces), or its own record of what it
+    replaced when it carries one and was never measured (a restore validated nowhere yet): the gate compares a
+    rebuild with the last speed measured under this name."""
+    m = read_manifest(dest)
+    if m is None:
+        return None
+    rec = validation_record(dest, m.key)
+    if rec is not None and isinstance(rec.get("perf"), dict):
+        return {"key": m.key, "perf": rec["perf"]}
+    carried = m.built.get("replaces")
+    return carried if isinstance(carried, dict) else None
 
 
 def say(msg: str) -> None:
@@ -104,6 +118,9 @@ def finish_engine(planner: Planner, engine: Engine, st: EngineState, tmp: Path, 
     ci = {k: os.environ[k] for k in CI_VARS if os.environ.get(k)}
     if ci:  # who built it: signed with the manifest, where the store signs (buildlib.store.signing)
         built["ci"] = ci
+    replaced = replaced_perf(engine.dir(planner.spec.project))
+    if replaced is not None:  # the speed of the engine this one replaces, for the gate (buildlib.core.perf)
+        built["replaces"] = replaced
     write_manifest(tmp, Manifest(st.key, st.fields, record_outputs(tmp, planner.cache),
                                  {r: list(v) for r, v in ckpt.files.items()}, engine.id, built,
                                  structure_record(st.fields, structure)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ..backends.registry import runner
@@ -13,6 +14,7 @@ from ..core.engine import Engine
 from ..core.errors import BuildFailed
 from ..core.layout import checkpoint_dir
 from ..core.manifest import VALIDATION, read_manifest, validation_record, validation_vouches, write_json_durably
+from ..core.perf import gate, regression_reason
 from ..host import progress
 from ..host.gpu import Gpu, driver_version
 from ..plan.planner import Planner
@@ -63,6 +65,11 @@ def validate(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None
         _publish(planner, engine, failed, held_names)
         raise
     result = {"key": st.key, "ok": True, "seconds": round(time.monotonic() - t0, 3), **result}
+    verdict = _gate(engine, dest, result)
+    if verdict is not None:
+        result["perf_gate"] = verdict
+        if verdict["regressed"]:
+            say(f"{engine.id}: regressed: {regression_reason(verdict)}")
     write_json_durably(dest / VALIDATION, result)
     say(f"validated {engine.id}: {_summary(result)}")
     _publish(planner, engine, result, held_names)
@@ -81,7 +88,8 @@ def _publish(planner: Planner, engine: Engine, result: dict[str, Any], gpus: lis
               "gpu": gpus[0] if gpus else planner.cpu_isa, "gpus": gpus, "driver": driver_version() if gpus else None,
               "toolchain": (m.fields.get("toolchain") if m is not None else None),
               "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": os.uname().nodename,
-              **{k: result[k] for k in ("tokens", "max_rel_err", "error", "seconds", "detail") if k in result}}
+              **{k: result[k] for k in ("tokens", "max_rel_err", "error", "seconds", "detail", "perf", "perf_gate")
+                 if k in result}}
     try:
         store.push_validation(result["key"], record)
     except (StoreError, SigningUnavailable, OSError) as e:
@@ -97,6 +105,17 @@ def record_validation(planner: Planner, engine: Engine, record: dict[str, Any]) 
         return False
     write_json_durably(dest / VALIDATION, record)  # atomic, as validate() writes it
     return True
+
+
+def _gate(engine: Engine, dest: Path, result: dict[str, Any]) -> dict[str, Any] | None:
+    """The gate's verdict (buildlib.core.perf.gate) on this measurement against the engine this one replaced, as
+    its manifest recorded it when it was built; None without `perf_gate` or anything to compare."""
+    tolerance = engine.model.perf_gate
+    m = read_manifest(dest)
+    replaced = m.built.get("replaces") if m is not None else None
+    if tolerance is None or not isinstance(replaced, dict) or not isinstance(result.get("perf"), dict):
+        return None
+    return gate(replaced.get("perf"), result["perf"], tolerance)
 
 
 def _summary(result: dict[str, Any]) -> str:

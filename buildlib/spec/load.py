@@ -230,6 +230,11 @@ def _model(doc: YamlDoc, root: Path, defaults: dict, entry: dict, where: tuple, 
     validate = m.get("validate", True)
     if not isinstance(validate, bool):
         raise doc.error(at("validate"), f"must be true or false; got {validate!r}")
+    perf_gate = m.get("perf_gate")
+    if perf_gate is not None and (isinstance(perf_gate, bool) or not isinstance(perf_gate, int | float)
+                                  or not 0 < perf_gate <= 1):
+        raise doc.error(at("perf_gate"), "must be a fraction in (0, 1], e.g. 0.95: a rebuilt engine slower than "
+                        f"that share of the engine it replaces is reported regressed; got {perf_gate!r}")
     trust = m.get("trust_remote_code", False)
     if not isinstance(trust, bool):
         raise doc.error(at("trust_remote_code"), f"must be true or false; got {trust!r}")
@@ -251,6 +256,7 @@ def _model(doc: YamlDoc, root: Path, defaults: dict, entry: dict, where: tuple, 
         gpu_name=gpu_name, max_workers=max_workers, validate=validate,
         model_class=model_class, line=doc.line(at("name")[:-1]), trust_remote_code=trust,
         triton=tuple(sorted(triton.items())), refit=refit,
+        perf_gate=float(perf_gate) if perf_gate is not None else None,
     )
     try:
         build = backend.resolve(given)

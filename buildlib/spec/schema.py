@@ -62,6 +62,9 @@ def _model_properties() -> dict[str, Any]:
         "gpu_name": NULLABLE_STR,
         "max_workers": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_WORLD_SIZE},
         "validate": {"type": "boolean"},
+        "perf_gate": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1,
+                      "description": "report a rebuilt engine regressed when its measured tokens/s is below this "
+                                     "share of the engine it replaces (same name, same GPU model), e.g. 0.95"},
         "model_class": NULLABLE_STR,
         "trust_remote_code": {"type": "boolean"},
         "refit": {"type": "boolean", "description": "build engines refittable; a weights-only checkpoint change is "

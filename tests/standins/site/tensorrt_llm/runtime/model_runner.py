@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import signal
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,12 @@ class ModelRunner:
                         break
                 beams.append(seq + [end_id] * (width - len(seq)))
             rows.append(beams)
+        # Not TensorRT-LLM behaviour but its cost: a real engine spends GPU time per token, so a timed generate() has
+        # something stable to measure. Prefill at STANDIN_TRTLLM_TOKENS_PER_S (default 1e6), generated tokens at a
+        # tenth of it, all divided by STANDIN_TRTLLM_SPEED (default 1; 0.8 = a rebuild 20% slower).
+        rate = float(os.environ.get("STANDIN_TRTLLM_TOKENS_PER_S", "1e6")) * float(
+            os.environ.get("STANDIN_TRTLLM_SPEED", "1"))
+        time.sleep(sum(input_lengths) / rate + batch_size * num_beams * max_new_tokens * 10 / rate)
         # GenerationSession.decode_regular() (ModelRunner.generate() passes it through): the output ids reach the
         # first pipeline stage (pp_communicate_final_output_ids); the last stage gets a dict holding the logits it
         # gathered, if the engine gathers any ({} otherwise); the stages between get None.
