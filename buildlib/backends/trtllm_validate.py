@@ -62,14 +62,15 @@ def validate(req: dict[str, Any]) -> dict[str, Any]:
 def measure(runner: Any, vocab: int, gpu: str | None) -> dict[str, Any]:
     """ModelRunner.generate timed at the engine's envelope (buildlib.core.perf), on every rank alike: the ranks of
     one engine generate together, so each makes the same calls (a fixed count: a time budget could differ between
-    ranks and leave one waiting for the others). Prefill: max_batch_size prompts of max_input_len tokens, one new
-    token; decode: max_batch_size one-token prompts, DECODE_TOKENS new tokens each."""
+    ranks and leave one waiting for the others). Prefill: max_batch_size prompts of max_input_len tokens (at most
+    max_seq_len - 1), one new token; decode: max_batch_size one-token prompts, DECODE_TOKENS new tokens each."""
     import torch
 
     from ..core import perf
 
-    b, n = int(runner.max_batch_size), int(runner.max_input_len)
-    steps = max(1, min(DECODE_TOKENS, int(runner.max_seq_len) - 1))
+    b, seq = int(runner.max_batch_size), int(runner.max_seq_len)
+    n = max(1, min(int(runner.max_input_len), seq - 1))  # the prompt and its one new token fit max_seq_len
+    steps = max(1, min(DECODE_TOKENS, seq - 1))
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     shapes = {}
     for name, (length, new_tokens) in (("prefill", (n, 1)), ("decode", (1, steps))):
