@@ -64,9 +64,11 @@ def test_first_run_builds_and_validates_a_real_engine(built):
     assert perf["tokens_per_s"] == pytest.approx(4 * 64 / perf["prefill"]["engine"]["median_s"])
     assert perf["device"]["kind"] == "cpu" and perf["device"]["isa"] == ISA
     assert states[ENGINE]["perf"] == perf
-    status = doit(root, "status", env=_env()).stdout
+    status = doit(root, "status", "--html", str(root / "status.html"), env=_env()).stdout
     line = next(ln for ln in status.splitlines() if ln.startswith(ENGINE + " "))
     assert f"{perf['tokens_per_s']:,.0f}" in line and f"{perf['prefill']['speedup']:.2f}" in line, status
+    page = (root / "status.html").read_text()  # build time against speed: one point for the one measured engine
+    assert page.count('<circle class="point"') == 1 and f"{perf['tokens_per_s']:,.0f} tokens/s" in page
 
 
 def test_second_run_does_nothing(built):
