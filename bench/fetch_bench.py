@@ -16,14 +16,12 @@ prints a Markdown table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,8 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 
-from store_bench import BUCKET, KEY, MiB, fresh, make_engine, peak_rss_mib, start_moto  # noqa: E402
-from trust_bench import keypair  # noqa: E402
+from store_bench import BUCKET, KEY, MiB, fresh, peak_rss_mib, start_moto  # noqa: E402
+from trust_bench import arguments, setup  # noqa: E402
 
 from buildlib.host.isa import host_isa  # noqa: E402
 from buildlib.store.channel import Release, new_id, record  # noqa: E402
@@ -100,22 +98,12 @@ def timed(spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size-gb", type=float, default=1.0)
-    ap.add_argument("--files", type=int, default=4)
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--dir", default=None)
-    ap.add_argument("--child", help=argparse.SUPPRESS)
-    a = ap.parse_args()
+    a = arguments(__doc__)
     if a.child:
         return child(json.loads(a.child))
     from buildlib.store.signing import key_identity
 
-    work = Path(tempfile.mkdtemp(prefix="fetch-bench-", dir=a.dir))
-    size = int(a.size_gb * 1024) * MiB
-    key, pub = keypair(work)
-    names = [*make_engine(work / "engine", size, a.files), "config.json"]
-    (work / "store").mkdir()
+    work, size, key, pub, names = setup(a, "fetch-bench-")
     os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                        "AWS_DEFAULT_REGION": "us-east-1"})
     moto, endpoint = start_moto()

@@ -72,21 +72,33 @@ def keypair(d: Path) -> tuple[str, str]:
     return str(d / "k.pem"), str(d / "k.pub")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(doc: str | None) -> argparse.Namespace:
+    """The options this bench and bench/fetch_bench.py share."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-gb", type=float, default=1.0)
     ap.add_argument("--files", type=int, default=4)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--dir", default=None)
     ap.add_argument("--child", help=argparse.SUPPRESS)
-    a = ap.parse_args()
-    if a.child:
-        return child(json.loads(a.child))
-    work = Path(tempfile.mkdtemp(prefix="trust-bench-", dir=a.dir))
+    return ap.parse_args()
+
+
+def setup(a: argparse.Namespace, prefix: str) -> tuple[Path, int, str, str, list[str]]:
+    """A work dir with a signing key pair, an engine of --size-gb in --files rank files, an empty store dir:
+    (work, size, private key, public key, the engine's output names)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=a.dir))
     size = int(a.size_gb * 1024) * MiB
     key, pub = keypair(work)
-    make_engine(work / "engine", size, a.files)
+    names = [*make_engine(work / "engine", size, a.files), "config.json"]
     (work / "store").mkdir()
+    return work, size, key, pub, names
+
+
+def main() -> None:
+    a = arguments(__doc__)
+    if a.child:
+        return child(json.loads(a.child))
+    work, size, key, pub, _ = setup(a, "trust-bench-")
     moto, endpoint = start_moto()
     try:
         import boto3
