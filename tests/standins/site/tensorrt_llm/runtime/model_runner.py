@@ -20,8 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
