@@ -6,6 +6,8 @@
 #                  first build's Inductor cache (warm) and against an empty store (cold); then `doit release canary`
 #                  and `enginebuild fetch --list` / fetch on this node (NVML).
 #   PART=autotune: the same engine with `max_autotune: true`: build seconds and tokens/s beside the default's.
+#   PART=multi:    bench/multi_gpu.py (issue 29: packing, per-GPU speed, fetch among GPU counts) on every GPU here;
+#                  further arguments go to it (e.g. --engines 2).
 set -u
 PART=${1:-speed}; OUT=${OUT:-/tmp/gpu-perf}; PY=${PY:-python3}; WHEELS=${WHEELS:-.gpu-wheels}
 mkdir -p "$OUT"; export PYTHONUNBUFFERED=1
@@ -37,6 +39,9 @@ print(json.dumps({"label": label, "rc": rc, "build_s": m.get("built", {}).get("s
 PYEOF
   grep -E "^build cache |regressed" "$OUT/$3.log" || true
 }
+if [ "$PART" = multi ]; then
+  $PY bench/multi_gpu.py --out "$OUT/multi-gpu" "${@:2}"; exit $?
+fi
 S=/tmp/gp-store; rm -rf $S /tmp/gp-empty*; mkdir -p $S
 if [ "$PART" = speed ]; then
   project /tmp/gp-a 0 ""; run /tmp/gp-a $S default-cold

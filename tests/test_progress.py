@@ -83,3 +83,24 @@ def test_on_a_terminal_a_live_view_shows_the_running_task(tmp_path, standins):
     text = screen.decode(errors="replace")
     assert "phase" in text and "elapsed" in text and "GPUs" in text and "steps done" in text, text
     assert "1 built, 1 validated" in (screen + rest).decode(errors="replace")
+
+
+def test_a_progress_line_is_one_write_so_parallel_workers_never_run_two_lines_together(monkeypatch):
+    """doit -P process gives every worker the same stdout: a line written as text, then newline, ran into the next
+    worker's line (seen on a 4-GPU fleet: `...on GPU 0 (sm90)building m00...`). One write per line, newline in it."""
+    from buildlib.run.produce import say
+
+    writes: list[str] = []
+
+    class Recorder:
+        def write(self, s: str) -> int:
+            writes.append(s)
+            return len(s)
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr(sys, "stdout", Recorder())
+    say("building m00/sm90/tp1-pp1 on GPU 0 (sm90)")
+    say("built m00/sm90/tp1-pp1 in 0.3s")
+    assert writes == ["building m00/sm90/tp1-pp1 on GPU 0 (sm90)\n", "built m00/sm90/tp1-pp1 in 0.3s\n"]
