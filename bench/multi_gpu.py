@@ -13,7 +13,8 @@
    stand-ins, tests/standins: the lent machines have no TensorRT-LLM; the real nvidia-smi stays first on PATH),
    released to `canary`, then `enginebuild fetch --list` and a fetch on this host, and the same with one GPU visible.
 
-Usage, from the repo root with buildlib and doit importable (bench/multi_gpu.sh installs them on a lent machine):
+Usage, from the repo root with buildlib and doit importable (`bash bench/gpu_perf.sh multi` installs them on a
+lent machine):
     python bench/multi_gpu.py --out DIR [--engines N] [--fleet aoti|trtllm]
 With no nvidia-smi on PATH it runs against stand-in GPUs (--standin-gpus, default 4) and a stand-in fleet: a dry
 run of the script itself, whose timings mean nothing. Results: DIR/summary.json, DIR/summary.md and the raw logs.
