@@ -14,7 +14,7 @@ from ..core.engine import Engine
 from ..core.errors import BuildFailed
 from ..core.layout import checkpoint_dir
 from ..core.manifest import VALIDATION, read_manifest, validation_record, validation_vouches, write_json_durably
-from ..core.perf import gate, regression_reason
+from ..core.perf import gate, headline, regression_reason
 from ..host import progress
 from ..host.gpu import Gpu, driver_version
 from ..plan.planner import Planner
@@ -56,8 +56,13 @@ def validate(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None
                 progress.step(planner.spec.project.work_dir, f"validate:{engine.id}", "validate",
                               [g.index for g in held]):
             held_names = [g.name for g in held]
-            result = backend.validate(Job(engine, checkpoint_dir(planner.spec, engine.model), None, dest,
-                                          held, log, planner.spec.project.work_dir, planner.spec.project.root))
+            job = Job(engine, checkpoint_dir(planner.spec, engine.model), None, dest, held, log,
+                      planner.spec.project.work_dir, planner.spec.project.root)
+            result = backend.validate(job)
+            verdict = _gate(engine, dest, result)
+            if verdict is not None and verdict["regressed"]:
+                say(f"{engine.id}: {regression_reason(verdict)}; measuring again in a fresh process to confirm")
+                result, verdict = _confirmed(engine, dest, result, backend.validate(job))
     except BuildFailed as e:  # recorded, so `doit plan` shows the engine as unvalidated and why
         failed = {"key": st.key, "ok": False, "error": str(e).splitlines()[0], "log": str(log),
                   "seconds": round(time.monotonic() - t0, 3)}
@@ -65,7 +70,6 @@ def validate(planner: Planner, engine: Engine, gpus: Sequence[Gpu] | None = None
         _publish(planner, engine, failed, held_names)
         raise
     result = {"key": st.key, "ok": True, "seconds": round(time.monotonic() - t0, 3), **result}
-    verdict = _gate(engine, dest, result)
     if verdict is not None:
         result["perf_gate"] = verdict
         if verdict["regressed"]:
@@ -116,6 +120,22 @@ def _gate(engine: Engine, dest: Path, result: dict[str, Any]) -> dict[str, Any] 
     if tolerance is None or not isinstance(replaced, dict) or not isinstance(result.get("perf"), dict):
         return None
     return gate(replaced.get("perf"), result["perf"], tolerance)
+
+
+def _confirmed(engine: Engine, dest: Path, first: dict[str, Any],
+               second: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A gate trip confirmed, or not, by a second validation in a fresh process; the faster of the two counts.
+
+    Why: a GPU measurement varies by process more than within one. On an H100 the same tiny engine measured 429,584
+    then 693,633 prefill tokens/s in two processes, each with a p10-p90 spread under 15% (bench/RESULTS.md): a 0.95
+    gate on one measurement would call a good rebuild regressed. Noise of that kind only slows a measurement; a real
+    regression slows both, so the engine is regressed only when the better of the two is under the gate. It costs a
+    second validation only when the gate trips."""
+    best = max((first, second), key=lambda r: headline(r.get("perf")) or 0.0)
+    verdict = _gate(engine, dest, best)
+    if verdict is not None:
+        verdict["measured"] = [headline(r.get("perf")) for r in (first, second)]
+    return best, verdict
 
 
 def _summary(result: dict[str, Any]) -> str:
