@@ -38,9 +38,12 @@ n = 0
 while not os.path.exists(stop) or n == 0:
     cur = os.path.join(dest, "current")
     try:
-        m = json.load(open(os.path.join(cur, "manifest.json")))
+        # as a server does: resolve `current` once, then read that engine (resolving it per file would mix two
+        # engines when the swap falls between two reads, and fail the test for the reader's race, not the fetch's)
+        real = os.path.join(dest, os.readlink(cur))
+        m = json.load(open(os.path.join(real, "manifest.json")))
         for rel, (size, _) in m["outputs"].items():
-            if os.stat(os.path.join(cur, rel)).st_size != size:
+            if os.stat(os.path.join(real, rel)).st_size != size:
                 bad.append(f"{rel} size")
         seen.add(m["key"])
     except FileNotFoundError as e:
