@@ -102,8 +102,9 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    r = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
+def run_child(spec: dict[str, Any], script: str = __file__) -> dict[str, Any]:
+    """`script --child SPEC` in a fresh interpreter (its own page-cache-warm, import-cold process); its last line."""
+    r = subprocess.run([sys.executable, script, "--child", json.dumps(spec)], capture_output=True, text=True,
                        cwd=REPO)
     if r.returncode != 0:
         raise SystemExit(f"{spec['op']} failed:\n{r.stderr}")

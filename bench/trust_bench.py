@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 
-from store_bench import BUCKET, KEY, MiB, fresh, make_engine, peak_rss_mib, start_moto  # noqa: E402
+from store_bench import BUCKET, KEY, MiB, fresh, make_engine, peak_rss_mib, run_child, start_moto  # noqa: E402
 
 from buildlib.store.dir import DirStore  # noqa: E402
 from buildlib.store.guarded import GuardedStore  # noqa: E402
@@ -50,14 +49,6 @@ def child(spec: dict[str, Any]) -> None:
     else:
         store_of(spec).pull(KEY, Path(spec["dest"]))
     print(json.dumps({"seconds": time.perf_counter() - t0, "maxrss_mib": peak_rss_mib()}))
-
-
-def run(spec: dict[str, Any]) -> dict[str, Any]:
-    r = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                       cwd=REPO)
-    if r.returncode != 0:
-        raise SystemExit(f"{spec['op']} failed:\n{r.stderr}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def keypair(d: Path) -> tuple[str, str]:
@@ -110,13 +101,13 @@ def main() -> None:
         base = {"key": key, "pub": pub, "endpoint": endpoint, "store": str(work / "store")}
         results: dict[str, dict[str, list[dict[str, Any]]]] = {}
         for kind in ("dir", "s3"):
-            run({**base, "kind": kind, "op": "push", "sign": True, "src": str(work / "engine")})
+            run_child({**base, "kind": kind, "op": "push", "sign": True, "src": str(work / "engine")}, __file__)
             pairs = [("without", {**base, "kind": kind, "op": "pull"}),
                      ("with", {**base, "kind": kind, "op": "pull", "trust": True})]
             got: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
             for r in range(a.runs):
                 for name, spec in pairs if r % 2 == 0 else pairs[::-1]:
-                    got[name].append(run({**spec, "dest": str(fresh(work / "dest"))}))
+                    got[name].append(run_child({**spec, "dest": str(fresh(work / "dest"))}, __file__))
             results[kind] = got
     finally:
         moto.terminate()
