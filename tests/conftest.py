@@ -43,6 +43,17 @@ def write_hf_checkpoint(d: Path, shards: int = 2, seed: int = 0, arch: str = "Ll
     return d
 
 
+def write_project(root: Path, models: str, checkpoints: dict[str, dict]) -> Path:
+    """A checkout as a user has it, no engines: models.yaml, the loader's pyproject.toml, and a Hugging Face
+    checkpoint under ckpt/<name> for each entry of `checkpoints` (write_hf_checkpoint's arguments)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name, kw in checkpoints.items():
+        write_hf_checkpoint(root / "ckpt" / name, **kw)
+    (root / "models.yaml").write_text(models)
+    (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
+    return root
+
+
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     """The whole tree under root, every path with its size and mtime: "nothing written" compares this, not
     the top-level names."""

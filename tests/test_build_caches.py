@@ -9,7 +9,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from tests.conftest import LOADER_PYPROJECT, doit, plan, write_hf_checkpoint
+from tests.conftest import doit, plan, write_project
 from tests.test_store_trust import identity, keypair
 
 MODELS = """\
@@ -21,11 +21,7 @@ models:
 
 
 def clone(root: Path, batch: int, seed: int) -> Path:
-    root.mkdir(parents=True)
-    write_hf_checkpoint(root / "ckpt/llama", shards=1, seed=seed)
-    (root / "models.yaml").write_text(MODELS.replace("BATCH", str(batch)))
-    (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
-    return root
+    return write_project(root, MODELS.replace("BATCH", str(batch)), {"llama": {"shards": 1, "seed": seed}})
 
 
 def timing_entries(root: Path) -> list[str]:

@@ -9,7 +9,7 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from tests.conftest import LOADER_PYPROJECT, doit, plan, write_hf_checkpoint
+from tests.conftest import doit, plan, write_hf_checkpoint, write_project
 
 MODELS = """\
 defaults: {backend: trtllm, archs: [sm90], perf_gate: 0.9, build: {max_batch_size: 4, max_input_len: 512}}
@@ -21,12 +21,8 @@ models:
 ENGINE, PIPE = "llama/sm90/tp1-pp1", "llama/sm90/tp1-pp2"
 
 
-def clone(root: Path, seed: int = 1) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    write_hf_checkpoint(root / "ckpt/llama", shards=1, seed=seed)
-    (root / "models.yaml").write_text(MODELS)
-    (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
-    return root
+def clone(root: Path) -> Path:
+    return write_project(root, MODELS, {"llama": {"shards": 1, "seed": 1}})
 
 
 def test_speed_flows_and_a_slower_rebuild_is_caught(tmp_path: Path, standins):

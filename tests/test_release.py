@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import A100, H100, LOADER_PYPROJECT, REPO, doit, plan, write_hf_checkpoint
+from tests.conftest import A100, H100, REPO, doit, plan, write_hf_checkpoint, write_project
 from tests.test_store_trust import identity, keypair, plant, store_url  # noqa: F401 - store_url is a fixture
 
 L40S = {"name": "NVIDIA L40S", "compute_cap": "8.9", "memory_total_mib": 46068}
@@ -54,12 +54,8 @@ print(json.dumps({"reads": n, "keys": sorted(seen), "bad": bad[:5]}))
 """
 
 
-def clone(root: Path, seed: int = 1) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    write_hf_checkpoint(root / "ckpt/llama", shards=2, seed=seed)
-    (root / "models.yaml").write_text(MODELS)
-    (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
-    return root
+def clone(root: Path) -> Path:
+    return write_project(root, MODELS, {"llama": {"shards": 2, "seed": 1}})
 
 
 def node_env(base: dict[str, str], gpus: list[dict]) -> dict[str, str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOADER_PYPROJECT, built_engines, doit, plan, write_hf_checkpoint
+from tests.conftest import built_engines, doit, plan, write_project
 
 MODELS = """\
 defaults: {backend: trtllm, archs: [sm90], build: {max_batch_size: 8}}
@@ -25,12 +25,8 @@ ENGINES = {"llama/sm90/tp1-pp1", "llama/sm90/tp2-pp1", "mistral/sm90/tp1-pp1"}
 
 def _clone(root: Path) -> Path:
     """What a fresh CI checkout has: models.yaml, pyproject.toml and the checkpoints; no engines."""
-    root.mkdir(parents=True)
-    write_hf_checkpoint(root / "ckpt/llama", shards=2, seed=1)
-    write_hf_checkpoint(root / "ckpt/mistral", shards=2, seed=2, arch="MistralForCausalLM")
-    (root / "models.yaml").write_text(MODELS)
-    (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
-    return root
+    return write_project(root, MODELS, {"llama": {"shards": 2, "seed": 1},
+                                        "mistral": {"shards": 2, "seed": 2, "arch": "MistralForCausalLM"}})
 
 
 @pytest.fixture(params=["dir", "s3"])

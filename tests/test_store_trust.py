@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOADER_PYPROJECT, built_engines, doit, plan, write_hf_checkpoint
+from tests.conftest import built_engines, doit, plan, write_project
 
 MODELS = """\
 defaults: {backend: trtllm, archs: [sm90], validate: false, build: {max_batch_size: 8}}
@@ -29,12 +29,8 @@ PLANTED = b"planted by an untrusted writer"
 
 
 def clone(root: Path) -> Path:
-    root.mkdir(parents=True)
-    write_hf_checkpoint(root / "ckpt/llama", shards=2, seed=1)
-    write_hf_checkpoint(root / "ckpt/mistral", shards=1, seed=2, arch="MistralForCausalLM")
-    (root / "models.yaml").write_text(MODELS)
-    (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
-    return root
+    return write_project(root, MODELS, {"llama": {"shards": 2, "seed": 1},
+                                        "mistral": {"shards": 1, "seed": 2, "arch": "MistralForCausalLM"}})
 
 
 def keypair(d: Path, name: str) -> tuple[Path, Path]:

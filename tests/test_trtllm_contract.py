@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from buildlib.backends.trtllm_options import OptionError, resolve_build_options, resolve_for_model
-from tests.conftest import H100, LOADER_PYPROJECT, doit, plan, snapshot, trtllm_log, write_hf_checkpoint
+from tests.conftest import H100, doit, plan, snapshot, trtllm_log, write_project
 
 HEAD = """\
 defaults:
@@ -26,12 +26,8 @@ models:
 
 
 def project(root: Path, models: str, ckpts: dict[str, str] | None = None) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for name, arch in (ckpts or {"llama": "LlamaForCausalLM"}).items():
-        write_hf_checkpoint(root / "ckpt" / name, shards=2, seed=3, arch=arch)
-    (root / "models.yaml").write_text(HEAD + models)
-    (root / "pyproject.toml").write_text(LOADER_PYPROJECT)
-    return root
+    return write_project(root, HEAD + models, {name: {"shards": 2, "seed": 3, "arch": arch}
+                                               for name, arch in (ckpts or {"llama": "LlamaForCausalLM"}).items()})
 
 
 # -- 1, 2: validation hands tensors to generate and reads tokens on the first pipeline stage only --------------
