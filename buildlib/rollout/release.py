@@ -30,8 +30,10 @@ from ..plan.planner import Planner
 from ..plan.state import FRESH, EngineState
 from ..report.listing import select
 from ..run.produce import CI_VARS
-from ..store.channel import Release, by_id, check_name, current, new_id, record
+from ..store.channel import Release, check_name, current, in_force, new_id, record
 from ..store.guarded import GuardedStore
+
+Records = list[tuple[dict[str, Any], str]]  # GuardedStore.validations: (record, signer name)
 
 
 @dataclass
@@ -58,10 +60,10 @@ def _by(store: GuardedStore) -> dict[str, Any]:
     return {**by, "ci": ci} if ci else by
 
 
-def _validated(planner: Planner, store: GuardedStore, s: EngineState) -> list[dict[str, Any]]:
+def _validated(planner: Planner, s: EngineState, records: Records) -> list[dict[str, Any]]:
     """Where the engine's key passed validation: trusted records from the store, and this host's own."""
     out = [{"gpu": r.get("gpu"), "driver": r.get("driver"), "by": who, "at": str(r.get("at", ""))}
-           for r, who in store.validations(str(s.key)) if r.get("ok") is True]
+           for r, who in records if r.get("ok") is True]
     if s.state == FRESH and s.validated:
         rec = validation_record(s.engine.path(planner.spec.project), str(s.key)) or {}
         at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(os.stat(s.engine.path(planner.spec.project)).st_mtime))
@@ -88,12 +90,12 @@ def _entry(planner: Planner, store: GuardedStore, s: EngineState, validated: lis
             "signer": signer, "validated": validated}
 
 
-def _regressed(planner: Planner, store: GuardedStore, s: EngineState) -> str | None:
+def _regressed(planner: Planner, s: EngineState, records: Records) -> str | None:
     """Why the perf gate caught this engine slower than the one it replaced (this host's validation, or a trusted
     signer's record), or None."""
     if s.engine.model.perf_gate is None:
         return None
-    recs = [r for r, _ in store.validations(str(s.key))]
+    recs = [r for r, _ in records]
     if s.state == FRESH:
         recs.append(validation_record(s.engine.path(planner.spec.project), str(s.key)) or {})
     verdict = next((r["perf_gate"] for r in recs if isinstance(r.get("perf_gate"), dict)
@@ -119,13 +121,14 @@ def release(planner: Planner, channel: str, globs: Sequence[str] = (), check: bo
         if not s.store:
             out.left_out.append((s.engine.id, _why_not(s, store)))
             continue
-        validated = _validated(planner, store, s)
+        records = store.validations(str(s.key))  # trusted signed records: listed and checked once per engine
+        validated = _validated(planner, s, records)
         if s.engine.model.validate and not validated and not unvalidated:
             out.left_out.append((s.engine.id, "in the store, but nothing vouches that it passed validation (no "
                                  "validation of its key here" + ("" if store.verifiers else ", and no trust policy to "
                                  "believe a signed record by") + "): validate it, or release with --unvalidated"))
             continue
-        slower = _regressed(planner, store, s)
+        slower = _regressed(planner, s, records)
         if slower and not regressed:
             out.left_out.append((s.engine.id, f"regressed: {slower}; release with --regressed to ship it anyway"))
             continue
@@ -154,10 +157,9 @@ def rollback(planner: Planner, channel: str, model: str) -> tuple[Release, Relea
     """Restore the release before the one in force, as a new record; (the undone release, the new one, its URL)."""
     check_name("channel", channel)
     store = writable_store(planner)
-    now = current(store, channel, model)
+    now, prev = in_force(store, channel, model, with_previous=True)
     if now is None:
         raise UserError(f"channel {channel} serves no {model}: nothing to roll back")
-    prev = by_id(store, channel, model, now.previous) if now.previous else None
     if prev is None:
         raise UserError(f"channel {channel} has no release of {model} before {now.id}: nothing to roll back to")
     gone = [e["engine"] for e in prev.engines if not store.has(e["key"])]

@@ -120,27 +120,29 @@ def _load(store: GuardedStore, channel: str, model: str, rid: str, v: Verifier |
     return Release(**{**release.__dict__, "signer": v.name if v is not None else None})
 
 
-def current(store: GuardedStore, channel: str, model: str) -> Release | None:
-    """The release in force (the newest record), checked; None when the channel never served the model. Under a
-    policy, a channel whose records are all outside the trusted namespaces is refused (ChannelError) with where
-    they are."""
+def in_force(store: GuardedStore, channel: str, model: str,
+             with_previous: bool = False) -> tuple[Release | None, Release | None]:
+    """The release in force (the newest record), checked, and with `with_previous` the one it replaced (what a
+    rollback restores; None if no readable namespace holds it), from one listing of the history. (None, None) when
+    the channel never served the model. Under a policy, a channel whose records are all outside the trusted
+    namespaces is refused (ChannelError) with where they are."""
     found = history(store, channel, model)
     if found:
-        return _load(store, channel, model, *found[0])
+        now = _load(store, channel, model, *found[0])
+        prev = next((_load(store, channel, model, *f) for f in found if f[0] == now.previous), None) \
+            if with_previous and now.previous else None
+        return now, prev
     prefix = _prefix(channel, model)
     untrusted = [f"{s.url}/{prefix}/{rid}.json" for s in store.untrusted_sources() for rid in _ids(s, prefix)]
     if untrusted:
         raise ChannelError(f"refused channel {channel} of {model}: its only records are not signed by a key the "
                            f"trust policy names ({max(untrusted)})")
-    return None
+    return None, None
 
 
-def by_id(store: GuardedStore, channel: str, model: str, rid: str) -> Release | None:
-    """One release of the channel's history, checked; None if no readable namespace holds it."""
-    for found_id, v, scope in history(store, channel, model):
-        if found_id == rid:
-            return _load(store, channel, model, rid, v, scope)
-    return None
+def current(store: GuardedStore, channel: str, model: str) -> Release | None:
+    """The release in force (see in_force)."""
+    return in_force(store, channel, model)[0]
 
 
 def record(store: GuardedStore, release: Release) -> str:
@@ -168,8 +170,7 @@ def served(store: GuardedStore, with_previous: bool = False) -> dict[str, list[s
     for ch, models in channels(store).items():
         for model in models:
             try:
-                rel = current(store, ch, model)
-                prev = by_id(store, ch, model, rel.previous) if with_previous and rel and rel.previous else None
+                rel, prev = in_force(store, ch, model, with_previous)
             except ChannelError:
                 continue
             for r in (rel, prev):
