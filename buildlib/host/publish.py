@@ -54,13 +54,18 @@ def temp_dir_for(dest: Path) -> Path:
     return tmp
 
 
+def remove_aside(dest: Path) -> None:
+    """Remove what was set aside beside dest (aside_path: dirs or files); garbage to every process, so no lock."""
+    for p in dest.parent.glob(f".{dest.name}.old-*"):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+
+
 def clean_leftovers(dest: Path) -> None:
     """Remove temp/old dirs that a killed build left beside dest (call with the lock held)."""
     if dest.parent.is_dir():
         for p in dest.parent.glob(f".{dest.name}.tmp-*"):
             shutil.rmtree(p, ignore_errors=True)
-        for p in dest.parent.glob(f".{dest.name}.old-*"):
-            shutil.rmtree(p, ignore_errors=True)
+        remove_aside(dest)
 
 
 def publish(tmp: Path, dest: Path) -> None:

@@ -23,7 +23,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from ..host.publish import aside_path
+from ..host.publish import aside_path, remove_aside
 from ..store.base import StoreError
 from ..store.guarded import GuardedStore
 from ..store.signing import SigningUnavailable
@@ -68,8 +68,7 @@ def warm(store: GuardedStore, name: str, path: Path) -> str:
             os.rename(inner, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            for old in path.parent.glob(f".{path.name}.old-*"):
-                shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+            remove_aside(path)
         return f"fetched {len(data) / (1 << 20):.1f} MiB"
     except FAILURES as e:
         return f"not used ({type(e).__name__}: {e})"

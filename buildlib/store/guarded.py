@@ -68,6 +68,10 @@ class GuardedStore(Store):
     def scope(self, identity: str) -> Store:
         return self.inner.scoped(f"{SIGNERS}/{identity}")
 
+    def _own(self) -> Store:
+        """Where this run writes: its signer's namespace when it signs, else the top level."""
+        return self.scope(self.signer.identity) if self.signer is not None else self.inner
+
     def identities(self) -> list[str]:
         """The signers whose entries the store holds (listed once)."""
         if self._identities is None:
@@ -178,7 +182,7 @@ class GuardedStore(Store):
     def remove(self, key: str) -> None:
         """A corrupt entry goes from where this run would write its own (nothing, when read-only)."""
         if self.writable:
-            (self.scope(self.signer.identity) if self.signer is not None else self.inner).remove(key)
+            self._own().remove(key)
 
     def entry_names(self, key: str) -> list[str]:
         return next((s.entry_names(key) for _, s in self._readable() if s.has(key)), [])
@@ -197,7 +201,7 @@ class GuardedStore(Store):
 
     def _put_note(self, name: str, data: bytes) -> None:
         if self.writable:
-            (self.scope(self.signer.identity) if self.signer is not None else self.inner)._put_note(name, data)
+            self._own()._put_note(name, data)
 
     # -- signed records (validation records, release channels)
     def put_record(self, name: str, data: bytes) -> bool:
