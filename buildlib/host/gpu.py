@@ -127,11 +127,18 @@ class GpuProbe:
         if proc.returncode != 0:
             return ()  # e.g. "No devices were found": a host without usable GPUs
         gpus = parse_nvidia_smi(out)
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        if visible is not None and all(v.strip().isdigit() for v in visible.split(",") if v.strip()):
-            keep = [int(v) for v in visible.split(",") if v.strip()]
-            gpus = tuple(g for g in gpus if g.index in keep)
-        return gpus
+        keep = visible_indices()
+        return gpus if keep is None else tuple(g for g in gpus if g.index in keep)
+
+
+def visible_indices() -> set[int] | None:
+    """The GPU indices CUDA_VISIBLE_DEVICES lets this process's children see, when it is set to indices (None when
+    unset, or set to UUIDs or MIG instances, which are not indices)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return None
+    ids = [v.strip() for v in visible.split(",") if v.strip()]
+    return {int(v) for v in ids} if all(v.isdigit() for v in ids) else None
 
 
 def detect_gpus() -> tuple[Gpu, ...]:

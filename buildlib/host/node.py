@@ -15,7 +15,7 @@ import subprocess
 from collections import Counter
 from dataclasses import dataclass
 
-from .gpu import arch_of
+from .gpu import arch_of, visible_indices
 from .isa import host_isa
 
 SMI_QUERY = "index,name,compute_cap,memory.total,mig.mode.current"
@@ -56,9 +56,8 @@ def _visible(gpus: list[NodeGpu]) -> list[NodeGpu]:
     ids = [v.strip() for v in visible.split(",") if v.strip()]
     if ids and all(v.startswith("MIG-") for v in ids):
         return [NodeGpu(g.index, g.name, g.arch, g.memory_mib, True) for g in gpus]
-    if all(v.isdigit() for v in ids):
-        return [g for g in gpus if g.index in {int(v) for v in ids}]
-    return gpus
+    keep = visible_indices()
+    return gpus if keep is None else [g for g in gpus if g.index in keep]
 
 
 def _nvml() -> list[NodeGpu] | None:
