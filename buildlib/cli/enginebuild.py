@@ -17,9 +17,8 @@ from pathlib import Path
 
 from ..core.errors import EXIT_USAGE, UserError
 from ..host.node import Node, read_node
-from ..rollout.fetch import fetch
+from ..rollout.fetch import fetch, serving
 from ..rollout.fit import choose
-from ..store.channel import current
 from ..store.guarded import GuardedStore
 from ..store.open import open_store
 from ..store.settings import ENV_TRUST, StoreSettings
@@ -42,9 +41,7 @@ def _size(n: object) -> str:
 
 
 def _list(store: GuardedStore, a: argparse.Namespace, node: Node) -> int:
-    rel = current(store, a.channel, a.model)
-    if rel is None:
-        raise UserError(f"channel {a.channel} of store {store.url} serves no {a.model}")
+    rel = serving(store, a.channel, a.model)
     chosen, fits = choose(rel.engines, node, a.tp, a.pp)
     who = f"signed by {rel.signer}" if rel.signer else "not authenticated (no --trust)"
     print(f"{a.channel} {a.model}: release {rel.id} ({who}), {len(rel.engines)} engine(s); this node: "

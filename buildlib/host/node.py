@@ -36,9 +36,9 @@ class Node:
     cpu_isa: str
     source: str  # NVML, nvidia-smi, or "no NVIDIA driver"
 
-    def whole(self, arch: str, name: str | None = None) -> list[NodeGpu]:
-        """The whole (not MIG-split) GPUs of an arch, and of one product name when given."""
-        return [g for g in self.gpus if g.arch == arch and not g.mig and (name is None or g.name == name)]
+    def of(self, arch: str, name: str | None = None, *, mig: bool = False) -> list[NodeGpu]:
+        """The GPUs of an arch (and of one product name when given): the whole ones, or with `mig` the MIG-split."""
+        return [g for g in self.gpus if g.arch == arch and g.mig == mig and (name is None or g.name == name)]
 
     def describe(self) -> str:
         """`2 x NVIDIA H100 80GB HBM3 (sm90)`, `1 x NVIDIA A100-SXM4-80GB (sm80, MIG mode)`, `no GPU`."""

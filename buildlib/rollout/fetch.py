@@ -152,6 +152,15 @@ def _prune(dest: Path, applied: list[dict[str, Any]], keep: int) -> list[dict[st
     return out
 
 
+def serving(store: GuardedStore, channel: str, model: str) -> Release:
+    """The release of `model` in force in `channel`, checked; a UserError saying what to do when there is none."""
+    rel = current(store, channel, model)
+    if rel is None:
+        raise UserError(f"channel {channel} of store {store.url} serves no {model}: release it first "
+                        f"(`doit release {channel}`)")
+    return rel
+
+
 def open_dest(dest: Path) -> None:
     why = refusal(dest, "fetch dest", None)
     if why:
@@ -166,10 +175,7 @@ def fetch(store: GuardedStore, channel: str, model: str, dest: Path, node: Node,
         raise UserError(f"--keep {keep}: keep at least the current engine (1)")
     open_dest(dest)
     with locked(dest / CURRENT):  # two fetches on one node take turns
-        rel = current(store, channel, model)
-        if rel is None:
-            raise UserError(f"channel {channel} of store {store.url} serves no {model}: release it first "
-                            f"(`doit release {channel}`)")
+        rel = serving(store, channel, model)
         applied = _state(dest)
         last = next((a for a in applied if a.get("channel") == channel and a.get("model") == model), None)
         if last is not None and str(last.get("release", "")) > rel.id:

@@ -48,13 +48,12 @@ def judge(e: dict[str, Any], node: Node) -> Fit:
         if arch == node.cpu_isa:
             return Fit(e, True, f"{what} (CPU {arch}, this node's ISA)", (0, 0, 0, 0))
         return Fit(e, False, f"{what}: built for CPU {arch}; this node's CPU is {node.cpu_isa}")
-    whole = node.whole(arch, name)
+    whole = node.of(arch, name)
     if len(whole) >= n:
         how = f"exact GPU {name}" if name else f"arch {arch}, {whole[0].name}"
         return Fit(e, True, f"{what} ({how}, {n} of {len(whole)} GPUs)", (1 if name else 0, 1, n, e["tp"]))
     need = f"{n} whole {arch} GPU{'s' if n > 1 else ''}" + (f" ({name})" if name else "")
-    split = [g for g in node.gpus if g.arch == arch and g.mig and (name is None or g.name == name)]
-    if split:
+    if node.of(arch, name, mig=True):
         return Fit(e, False, f"{what}: needs {need}; this node's are in MIG mode ({node.describe()})")
     return Fit(e, False, f"{what}: needs {need}; this node has {node.describe()}")
 
