@@ -37,6 +37,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from buildlib.host.progress import running  # noqa: E402
 from tests.standins import H100, standin_env  # noqa: E402
 
 SIZES = ((64, 2), (128, 4), (256, 6), (128, 2), (64, 6), (256, 2))  # (hidden_size, num_hidden_layers), cycled
@@ -89,22 +90,12 @@ def validation(engine_dir: Path) -> dict[str, Any]:
 class Sampler(threading.Thread):
     """nvidia-smi's compute apps every 0.25 s, each attributed to the running doit step that owns the process."""
 
-    def __init__(self, env: dict[str, str], gpus: list[dict[str, Any]], progress: Path) -> None:
+    def __init__(self, env: dict[str, str], gpus: list[dict[str, Any]], work_dir: Path) -> None:
         super().__init__(daemon=True)
-        self.env, self.progress, self.stopped = env, progress, threading.Event()
+        self.env, self.work_dir, self.stopped = env, work_dir, threading.Event()
         self.index = {g["bus"]: g["index"] for g in gpus}
         self.samples: list[dict[str, Any]] = []
         self.error: str | None = None
-
-    def steps(self) -> dict[int, dict[str, Any]]:
-        out = {}
-        for p in self.progress.glob("*.json"):
-            try:
-                r = json.loads(p.read_text())
-            except (OSError, ValueError):  # removed or replaced as we read it
-                continue
-            out[int(r["pid"])] = r
-        return out
 
     @staticmethod
     def ancestors(pid: int) -> list[int]:
@@ -127,7 +118,7 @@ class Sampler(threading.Thread):
                 self.error = (r.stderr or r.stdout).strip().splitlines()[0] if (r.stderr or r.stdout).strip() \
                     else f"exit {r.returncode}"
                 return
-            steps, t = self.steps(), time.time()
+            steps, t = {r.pid: r for r in running(self.work_dir)}, time.time()
             for line in r.stdout.splitlines():
                 cells = [c.strip() for c in line.split(",")]
                 if len(cells) < 3 or not cells[0].isdigit():
@@ -135,8 +126,8 @@ class Sampler(threading.Thread):
                 pid = int(cells[0])
                 owner = next((steps[a] for a in self.ancestors(pid) if a in steps), None)
                 self.samples.append({"t": t, "pid": pid, "gpu": self.index.get(cells[1].upper()),
-                                     "mib": cells[2], "task": owner["task"] if owner else None,
-                                     "given": owner["gpus"] if owner else None})
+                                     "mib": cells[2], "task": owner.task if owner else None,
+                                     "given": owner.gpus if owner else None})
 
 
 def violations(samples: list[dict[str, Any]]) -> list[str]:
@@ -167,7 +158,7 @@ def packing(work: Path, env: dict[str, str], gpus: list[dict[str, Any]], args: a
     arch = f"sm{gpus[0]['compute_cap'].replace('.', '')}"
     d = project(work / "fleet", args.fleet, arch, fleet_models(args.engines), ", validate: false")
     jobs = len(gpus) + 2
-    sampler = Sampler(env, gpus, d / ".buildlib" / "progress")
+    sampler = Sampler(env, gpus, d / ".buildlib")
     sampler.start()
     rc, wall, text = doit(d, env, out / "fleet.log", "-n", str(jobs), "-P", "process")
     sampler.stopped.set()
@@ -196,8 +187,9 @@ def packing(work: Path, env: dict[str, str], gpus: list[dict[str, Any]], args: a
 def per_gpu_speed(d: Path, env: dict[str, str], gpus: list[dict[str, Any]], out: Path) -> dict[str, Any]:
     (d / "models.yaml").write_text((d / "models.yaml").read_text().replace(", validate: false", ""))
     rc, wall, _ = doit(d, env, out / "validate.log", "-n", str(len(gpus) + 2), "-P", "process")
-    fleet = {e: (validation(d / "engines" / e).get("perf") or {}).get("tokens_per_s") for e in manifests(d)}
-    first = sorted(manifests(d))[0]
+    engines = sorted(manifests(d))
+    fleet = {e: (validation(d / "engines" / e).get("perf") or {}).get("tokens_per_s") for e in engines}
+    first = engines[0]
     per_gpu = []
     for g in gpus:
         (d / "engines" / first / "validation.json").unlink(missing_ok=True)
