@@ -5,7 +5,9 @@
 #                  noise a gate must tolerate); the same model with another seed built against a store holding the
 #                  first build's Inductor cache (warm) and against an empty store (cold); then `doit release canary`
 #                  and `enginebuild fetch --list` / fetch on this node (NVML).
-#   PART=autotune: the same engine with `max_autotune: true`: build seconds and tokens/s beside the default's.
+#   PART=autotune: the same engine built with the defaults and with `max_autotune: true`, each against an empty
+#                  store: build seconds and tokens/s side by side; then max_autotune with another seed against
+#                  the store the first pushed its Inductor cache (autotune results included) to.
 #   PART=multi:    bench/multi_gpu.py (issue 29: packing, per-GPU speed, fetch among GPU counts) on every GPU here;
 #                  further arguments go to it (e.g. --engines 2).
 set -u
@@ -28,13 +30,15 @@ YAML
 }
 run() {  # run DIR STORE LABEL: doit, then one JSON line with build seconds and the measured speed
   (cd "$1" && BUILDLIB_STORE=$2 $PY -m doit > "$OUT/$3.log" 2>&1); local rc=$?
-  $PY - "$1" "$3" "$rc" <<'PYEOF' | tee -a "$OUT/$PART.jsonl"
-import json, sys
+  $PY - "$1" "$3" "$rc" "$OUT/$3.log" <<'PYEOF' | tee -a "$OUT/$PART.jsonl"
+import json, re, sys
 from pathlib import Path
 d, label, rc = Path(sys.argv[1]) / "engines/tiny-llama/sm90/tp1-pp1", sys.argv[2], int(sys.argv[3])
 m = json.loads((d / "manifest.json").read_text()) if (d / "manifest.json").exists() else {}
 v = json.loads((d / "validation.json").read_text()) if (d / "validation.json").exists() else {}
-print(json.dumps({"label": label, "rc": rc, "build_s": m.get("built", {}).get("seconds"), "perf": v.get("perf"),
+fetch = re.search(r"build cache .*: fetched [0-9.]+ MiB in ([0-9.]+)s", Path(sys.argv[4]).read_text())
+print(json.dumps({"label": label, "rc": rc, "build_s": m.get("built", {}).get("seconds"),
+                  "cache_fetch_s": float(fetch.group(1)) if fetch else None, "perf": v.get("perf"),
                   "perf_gate": v.get("perf_gate"), "ok": v.get("ok")}))
 PYEOF
   grep -E "^build cache |regressed" "$OUT/$3.log" || true
@@ -58,4 +62,8 @@ else
   mkdir -p /tmp/gp-empty2 /tmp/gp-empty3
   project /tmp/gp-d 0 ""; run /tmp/gp-d /tmp/gp-empty2 default
   project /tmp/gp-t 0 ", max_autotune: true"; run /tmp/gp-t /tmp/gp-empty3 max-autotune
+  project /tmp/gp-u 1 ", max_autotune: true"; run /tmp/gp-u /tmp/gp-empty3 max-autotune-warm
 fi
+# Inductor's own dirs: the build caches (precompiled headers inside them), and nothing in its default temp dir
+du -sh /tmp/gp-*/.buildlib/inductor-cache/* 2>&1 | tee "$OUT/caches-$PART.txt"
+ls -la "${TMPDIR:-/tmp}"/torchinductor_* 2>&1 | tee -a "$OUT/caches-$PART.txt"

@@ -21,9 +21,15 @@ def built(tmp_path_factory) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("repo")
     shutil.copy(REPO / "models.yaml", root)
     shutil.copy(REPO / "dodo.py", root)
-    first = doit(root, env=_env())
+    _tmpdir(root).mkdir()
+    first = doit(root, env={**_env(), "TMPDIR": str(_tmpdir(root))})
     assert first.returncode == 0, first.stdout + first.stderr
     return root, first.stdout
+
+
+def _tmpdir(root: Path) -> Path:
+    """The first build's TMPDIR: where Inductor keeps what it does not put under TORCHINDUCTOR_CACHE_DIR."""
+    return root.with_name(root.name + "-tmp")
 
 
 def _env() -> dict[str, str]:
@@ -69,6 +75,17 @@ def test_first_run_builds_and_validates_a_real_engine(built):
     assert f"{perf['tokens_per_s']:,.0f}" in line and f"{perf['prefill']['speedup']:.2f}" in line, status
     page = (root / "status.html").read_text()  # build time against speed: one point for the one measured engine
     assert page.count('<circle class="point"') == 1 and f"{perf['tokens_per_s']:,.0f} tokens/s" in page
+
+
+def test_the_compile_writes_only_into_its_own_dirs(built):
+    """Inductor's precompiled headers (~280 MB) land in the project's build cache, not in $TMPDIR/torchinductor_*;
+    the model's own compiled .so (its weights) is not left in the cache."""
+    root, _ = built
+    assert not [f for f in _tmpdir(root).rglob("*") if not f.is_dir()]  # torch makes the empty dir on import
+    cache = root / ".buildlib/inductor-cache"
+    assert list(cache.glob("*/precompiled_headers/*.gch"))
+    assert not list(cache.rglob("*.wrapper.so")) and not list(cache.rglob("*.wrapper.cpp"))
+    assert not list((root / "engines" / ENGINE).glob(".*"))  # the compile's scratch dir went with it
 
 
 def test_second_run_does_nothing(built):

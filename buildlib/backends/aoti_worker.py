@@ -6,6 +6,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -59,8 +60,28 @@ def _configure(req: dict[str, Any]) -> str:
     else:
         march = march_for(platform.machine().lower())
         os.environ["ATEN_CPU_CAPABILITY"] = "default"  # inductor's pick_vec_isa() -> no SIMD flags
+        # The same pick without the probes: pick_vec_isa() first tests every ISA the CPU has by compiling a test
+        # library and dlopen-ing it in a fresh Python that imports torch (cpu_vec_isa.VecISA.check_build), only to
+        # drop them all for "default". That cost ~45 s per build and again per validation's package load on the
+        # H100 host (ten probes of ~4.5 s; bench/RESULTS.md). CPU packages keep the probes: they use the pick.
+        os.environ["TORCHINDUCTOR_VEC_ISA_OK"] = "0"
     os.environ["TORCHINDUCTOR_CPP_MARCH"] = march
     return march
+
+
+def _keep_headers_in(cache: Path) -> None:
+    """Inductor's precompiled headers (~130-280 MB per compiler, flags and torch) go into the build cache.
+
+    Inductor keeps them under tempfile.gettempdir(), not TORCHINDUCTOR_CACHE_DIR, so every build wrote outside
+    this project's dirs and a fresh runner made them again (~11 s of a 33 s cold CPU build here) even with the
+    shared cache. Beside the rest of the cache they are this project's, and travel with it."""
+    from torch._inductor import codecache
+
+    if not hasattr(codecache, "_HEADER_DIR"):
+        log("this torch keeps its precompiled headers elsewhere: they are made again on each fresh host")
+        return
+    codecache._HEADER_DIR = str(cache / "precompiled_headers")
+    codecache._HEADER_LOCK_DIR = str(cache / "precompiled_headers" / "locks")
 
 
 def _load_model(req: dict[str, Any]) -> torch.nn.Module:
@@ -157,6 +178,8 @@ def compile_package(req: dict[str, Any]) -> dict[str, Any]:
         log(f"this torch ignores TORCHINDUCTOR_CPP_MARCH={march}: the C++ is built for this exact CPU")
         march = None
 
+    if req.get("cache_dir"):
+        _keep_headers_in(Path(req["cache_dir"]).resolve())
     package = Path(req["package"])
     package.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -177,7 +200,16 @@ def compile_package(req: dict[str, Any]) -> dict[str, Any]:
     # refit: the weights stay out of the compiled code and go to weights.safetensors beside the package
     configs: dict[str, Any] = {"aot_inductor.package_constants_in_so": False} if req.get("refit") else {}
     configs.update({k: True for k in ("max_autotune", "coordinate_descent_tuning") if req.get(k)})  # aoti_recipe
+    # This build's own outputs (wrapper and kernel sources and objects, the weights' object, the model .so: the
+    # model's size) go to a dir of this build, removed once packaged. By default Inductor writes them into its
+    # cache dir under the graph's hash, where nothing reuses them (AOT compiles bypass the FX graph cache): every
+    # build added a copy of its weights to the cache the store shares, and two builds of one graph with other
+    # weights on one host wrote the same .so. aoti_compile_and_package refuses the knob among its options (the
+    # package path names the package), so it is set for this process.
+    scratch = package.parent / ".aoti-out"
+    inductor_config.aot_inductor.output_path = str(scratch)
     out = torch._inductor.aoti_compile_and_package(ep, package_path=str(package), inductor_configs=configs)
+    shutil.rmtree(scratch)
     compile_s = time.perf_counter() - t2
     log(f"compiled {out} in {compile_s:.1f}s")
     if req.get("refit"):

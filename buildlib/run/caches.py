@@ -21,6 +21,7 @@ import io
 import os
 import shutil
 import tarfile
+import time
 from pathlib import Path
 
 from ..host.publish import aside_path, remove_aside
@@ -45,6 +46,7 @@ def warm(store: GuardedStore, name: str, path: Path) -> str:
     """Fetch the shared cache `name` into `path` when there is none here; what happened, in a few words."""
     if not _empty(path):
         return "warm here"
+    t0 = time.monotonic()
     try:
         data, why = None, "none in the store"
         for v, scope in store.record_sources():
@@ -69,7 +71,7 @@ def warm(store: GuardedStore, name: str, path: Path) -> str:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             remove_aside(path)
-        return f"fetched {len(data) / (1 << 20):.1f} MiB"
+        return f"fetched {len(data) / (1 << 20):.1f} MiB in {time.monotonic() - t0:.1f}s"
     except FAILURES as e:
         return f"not used ({type(e).__name__}: {e})"
 
