@@ -194,9 +194,9 @@ def compile_package(req: dict[str, Any]) -> dict[str, Any]:
     with torch.no_grad():
         ep, dynamic = _export(_logits_only(model), sample, max_batch, max_seq)
     export_s = time.perf_counter() - t1
-    log(f"exported in {export_s:.1f}s: {dynamic}; compiling (march={march}, vec isa {pick_vec_isa()})")
     t2 = time.perf_counter()
-    phase("compile")
+    phase("compile")  # before pick_vec_isa(): on the CPU its probes are part of the compile, not of the export
+    log(f"exported in {export_s:.1f}s: {dynamic}; compiling (march={march}, vec isa {pick_vec_isa()})")
     # refit: the weights stay out of the compiled code and go to weights.safetensors beside the package
     configs: dict[str, Any] = {"aot_inductor.package_constants_in_so": False} if req.get("refit") else {}
     configs.update({k: True for k in ("max_autotune", "coordinate_descent_tuning") if req.get(k)})  # aoti_recipe
