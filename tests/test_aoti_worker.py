@@ -118,3 +118,40 @@ def test_isa_tiers_mirror_inductor() -> None:
     assert aarch64_tier({"asimd", "sve", "bf16"}, 256) == "aarch64-sve256"
     assert aarch64_tier({"asimd", "sve2", "bf16"}, 128) == "aarch64-sve128"
     assert aarch64_tier({"asimd", "sve"}, 256) == "aarch64-neon"  # inductor wants BF16 with SVE
+
+
+_PICK = """
+import json, subprocess, sys
+from buildlib.backends.aoti_worker import _configure
+_configure({"device": "cuda", "cache_dir": sys.argv[1]})
+if sys.argv[2] == "probing":
+    import os
+    os.environ.pop("TORCHINDUCTOR_VEC_ISA_OK", None)
+children = []
+spawn = subprocess.Popen.__init__
+def counted(self, *a, **k):
+    children.append(a[0] if a else k.get("args"))
+    spawn(self, *a, **k)
+subprocess.Popen.__init__ = counted
+from torch._inductor.cpu_vec_isa import pick_vec_isa
+print(json.dumps({"isa": str(pick_vec_isa()), "children": len(children)}))
+"""
+
+
+@needs_torch
+def test_a_cuda_build_picks_the_same_cpu_isa_without_probing(tmp_path: Path) -> None:
+    """A CUDA package's host code gets no SIMD tier. Inductor would still compile and dlopen a test library per ISA
+    (a child Python that imports torch each, ~4.5 s apiece on the H100 host) before dropping them all; the worker's
+    environment gives the same pick with no child process."""
+    import json
+    import subprocess
+    import sys
+
+    def pick(mode: str) -> dict[str, Any]:
+        r = subprocess.run([sys.executable, "-c", _PICK, str(tmp_path / mode), mode], capture_output=True, text=True,
+                           cwd=REPO, check=True)
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    ours, probing = pick("ours"), pick("probing")
+    assert ours["isa"] == probing["isa"] == "INVALID_VEC_ISA"  # torch's name for "no SIMD flags"
+    assert ours["children"] == 0 and probing["children"] > 0, (ours, probing)
