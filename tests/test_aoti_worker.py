@@ -57,6 +57,11 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     write_checkpoint(d / "ckpt", seed=0)
     write_checkpoint(d / "other", seed=1)
     package = d / "engine" / "model.pt2"
+    old = d / "cache" / "cq26old"  # what a build before 2026-12-06 left in the cache: its outputs, weights and all
+    old.mkdir(parents=True)
+    (old / "cq26old.wrapper.so").write_bytes(b"weights")
+    (d / "cache" / "ab").mkdir()  # a kernel's own dir, kept
+    (d / "cache" / "ab" / "cabkernel.so").write_bytes(b"kernel")
     t = time.perf_counter()
     result = run_worker(WORKER, _request("compile", d / "ckpt", package, d / "cache"), d / "compile.log",
                         "build:tiny", cwd=REPO)
@@ -65,11 +70,15 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @needs_torch
 def test_compile_exports_the_bounded_envelope(compiled: dict[str, Any]) -> None:
-    r = compiled["result"]
-    assert compiled["package"].is_file() and r["package"] == str(compiled["package"])
+    r, package = compiled["result"], compiled["package"]
+    assert package.is_file() and r["package"] == str(package)
     assert r["dynamic_shapes"]["batch"] == [1, 8] and r["dynamic_shapes"]["seq"] == [1, 512]
     assert r["dynamic_shapes"]["mode"] in ("bounded", "bounded-deferred")
     assert r["isa"] == host_isa() and r["export_s"] > 0 and r["compile_s"] > 0
+    cache = compiled["dir"] / "cache"
+    assert not (cache / "cq26old").exists() and (cache / "ab" / "cabkernel.so").is_file()
+    assert not list(cache.rglob("*.wrapper.*")) and list(cache.glob("precompiled_headers/*.gch"))
+    assert sorted(p.name for p in package.parent.iterdir()) == ["model.pt2"]  # the scratch dir went with the compile
 
 
 @needs_torch

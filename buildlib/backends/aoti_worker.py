@@ -84,6 +84,15 @@ def _keep_headers_in(cache: Path) -> None:
     codecache._HEADER_LOCK_DIR = str(cache / "precompiled_headers" / "locks")
 
 
+def _drop_old_outputs(cache: Path) -> None:
+    """Remove what builds before outputs went to a scratch dir (compile_package) left in the cache: a dir per
+    graph holding its wrapper, kernels and model .so (the weights of whichever build wrote it last). Nothing reads
+    them again, and a cache that carries them is shared with them."""
+    for d in cache.iterdir() if cache.is_dir() else ():
+        if d.is_dir() and any(d.glob("*.wrapper.so")):
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def _load_model(req: dict[str, Any]) -> torch.nn.Module:
     import torch
     from transformers import AutoModelForCausalLM
@@ -180,6 +189,7 @@ def compile_package(req: dict[str, Any]) -> dict[str, Any]:
 
     if req.get("cache_dir"):
         _keep_headers_in(Path(req["cache_dir"]).resolve())
+        _drop_old_outputs(Path(req["cache_dir"]))
     package = Path(req["package"])
     package.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
