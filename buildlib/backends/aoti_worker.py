@@ -188,8 +188,9 @@ def compile_package(req: dict[str, Any]) -> dict[str, Any]:
         march = None
 
     if req.get("cache_dir"):
-        _keep_headers_in(Path(req["cache_dir"]).resolve())
-        _drop_old_outputs(Path(req["cache_dir"]))
+        cache = Path(req["cache_dir"]).resolve()
+        _keep_headers_in(cache)
+        _drop_old_outputs(cache)
     package = Path(req["package"])
     package.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
